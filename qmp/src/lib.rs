@@ -1,0 +1,2 @@
+//! qmp
+pub mod wire;

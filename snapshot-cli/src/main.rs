@@ -1,0 +1,2 @@
+//! qsnap binary
+fn main() {}
