@@ -1,18 +1,4 @@
-//! A bounded, sentinel-aware codec for newline-framed JSON.
-//!
-//! QMP and the guest agent both send one JSON document per line. The peer may be
-//! hostile (the guest agent is written by the guest), so the decoder:
-//!
-//! * never holds more than `max_length + 1` bytes of an unfinished line: a longer line
-//!   is reported once as [`Frame::TooLong`] and then discarded up to its end;
-//! * treats the byte `0xFF` — never valid UTF-8, and what `guest-sync-delimited` puts
-//!   before its reply — as a frame of its own, [`Frame::Sentinel`], dropping any partial
-//!   line before it (the agent itself resets its parser on `0xFF`);
-//! * makes no UTF-8 assumption: lines are [`Bytes`], validated later by serde;
-//! * reports recoverable problems as frames, so `Err` means only an I/O error.
-//!
-//! The state machine follows `tokio_util::codec::LinesCodec::new_with_max_length`:
-//! a resume offset so no byte is scanned twice, and a discarding state.
+//! The bounded, sentinel-aware JSON-lines codec (see [`JsonLinesCodec`]).
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use std::io;
@@ -66,7 +52,21 @@ pub enum Outgoing {
     Sentinel,
 }
 
-/// Newline-framed JSON codec with a frame limit. See the [module docs](self).
+/// A bounded, sentinel-aware codec for newline-framed JSON.
+///
+/// QMP and the guest agent both send one JSON document per line. The peer may be
+/// hostile (the guest agent is written by the guest), so the decoder:
+///
+/// * never holds more than `max_length + 1` bytes of an unfinished line: a longer line
+///   is reported once as [`Frame::TooLong`] and then discarded up to its end;
+/// * treats the byte `0xFF` — never valid UTF-8, and what `guest-sync-delimited` puts
+///   before its reply — as a frame of its own, [`Frame::Sentinel`], dropping any partial
+///   line before it (the agent itself resets its parser on `0xFF`);
+/// * makes no UTF-8 assumption: lines are [`Bytes`], validated later by serde;
+/// * reports recoverable problems as frames, so `Err` means only an I/O error.
+///
+/// The state machine follows `tokio_util::codec::LinesCodec::new_with_max_length`:
+/// a resume offset so no byte is scanned twice, and a discarding state.
 #[derive(Debug, Clone)]
 pub struct JsonLinesCodec {
     max_length: usize,

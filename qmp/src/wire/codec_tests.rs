@@ -78,7 +78,10 @@ fn newline_split_across_reads() {
 #[test]
 fn partial_frame_at_eof_is_truncated() {
     let frames = decode_chunks(64, &[b"{\"a\":1}\n{\"ret"]);
-    assert_eq!(frames, vec![line(b"{\"a\":1}"), Frame::Truncated { len: 5 }]);
+    assert_eq!(
+        frames,
+        vec![line(b"{\"a\":1}"), Frame::Truncated { len: 5 }]
+    );
 }
 
 #[test]
