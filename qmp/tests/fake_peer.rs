@@ -3,7 +3,12 @@
 //! Each test is a transcript: the fake reads what the client writes and answers as a
 //! misbehaving or well-behaved QEMU would.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "test code")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code"
+)]
 
 use qmp::commands::{QueryStatus, Stop};
 use qmp::{Client, Config, Disconnect, Error, ErrorClass, EventsError};

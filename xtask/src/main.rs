@@ -1,2 +1,43 @@
-//! xtask
-fn main() {}
+//! Project automation: `cargo xtask demo|test|bench|guest-image`.
+//!
+//! Every command installs what it needs (Debian packages, the guest image) first, so a
+//! newcomer on a fresh Debian or Ubuntu machine needs nothing but Rust.
+
+mod guest;
+mod packages;
+mod pipeline;
+mod run;
+
+use anyhow::{Result, bail};
+use std::path::PathBuf;
+
+const USAGE: &str = "usage: cargo xtask <command>
+
+commands:
+  guest-image   install the Debian packages the rig needs and build the test guest
+  test          fmt check, clippy -D warnings, rustdoc -D warnings, every test (real QEMU too)
+  demo          boot the demo guest and run qsnap against it
+  bench         run the benchmarks";
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let root = workspace_root();
+    match args.first().map(String::as_str) {
+        Some("guest-image") => guest::build(&root).map(drop),
+        Some("test") => pipeline::test(&root),
+        Some("demo") => pipeline::demo(&root),
+        Some("bench") => pipeline::bench(&root),
+        Some("-h" | "--help" | "help") => {
+            eprintln!("{USAGE}");
+            Ok(())
+        }
+        Some(other) => bail!("unknown command `{other}`\n\n{USAGE}"),
+        None => bail!("{USAGE}"),
+    }
+}
+
+/// The workspace root: this crate's parent directory.
+fn workspace_root() -> PathBuf {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().map_or(manifest.clone(), PathBuf::from)
+}

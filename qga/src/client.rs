@@ -1,0 +1,210 @@
+//! The cloneable client handle.
+
+use crate::Config;
+use crate::connection::{Connection, Op, Request};
+use crate::error::{Error, Result};
+use qmp::Disconnect;
+use qmp::wire::{Command, encode_execute};
+use serde::Serialize;
+use serde_json::Value;
+use std::path::Path;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::UnixStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::timeout;
+
+/// A handle to one guest-agent connection. Cheap to clone; requests from all clones
+/// run one at a time, in order. The connection closes when the last handle is dropped.
+#[derive(Debug, Clone)]
+pub struct Client {
+    tx: mpsc::Sender<Request>,
+    config: Config,
+}
+
+impl Client {
+    /// Connects to the agent's chardev socket and synchronizes.
+    ///
+    /// The connection succeeds even before the agent runs in the guest (QEMU owns the
+    /// socket); the sync then waits for the agent up to [`Config::sync_timeout`].
+    ///
+    /// # Errors
+    /// [`Error::Connect`] when the socket cannot be opened; [`Error::SyncTimeout`] when
+    /// the agent does not answer (not running, VM paused, socket held by another
+    /// client); [`Error::Disconnected`].
+    pub async fn connect(path: impl AsRef<Path>, config: Config) -> Result<Self> {
+        let path = path.as_ref();
+        let connect_error = |source| Error::Connect {
+            path: path.to_owned(),
+            source,
+        };
+        let stream = timeout(config.connect_timeout, UnixStream::connect(path))
+            .await
+            .map_err(|_| connect_error(std::io::ErrorKind::TimedOut.into()))?
+            .map_err(connect_error)?;
+        let (read, write) = stream.into_split();
+        Self::start(read, write, config).await
+    }
+
+    /// Runs the opening sync over any byte stream (what tests and fake agents use).
+    ///
+    /// # Errors
+    /// As [`Client::connect`], without [`Error::Connect`].
+    pub async fn handshake<IO>(io: IO, config: Config) -> Result<Self>
+    where
+        IO: AsyncRead + AsyncWrite + Send + 'static,
+    {
+        let (read, write) = tokio::io::split(io);
+        Self::start(read, write, config).await
+    }
+
+    async fn start<R, W>(read: R, write: W, config: Config) -> Result<Self>
+    where
+        R: AsyncRead + Send + Unpin + 'static,
+        W: AsyncWrite + Send + Unpin + 'static,
+    {
+        let (tx, rx) = mpsc::channel(16);
+        tokio::spawn(Connection::new(read, write, config.clone()).run(rx));
+        let client = Self { tx, config };
+        client.sync().await?;
+        Ok(client)
+    }
+
+    /// Resynchronizes now (0xFF + `guest-sync-delimited`), under [`Config::sync_timeout`].
+    ///
+    /// # Errors
+    /// [`Error::SyncTimeout`], [`Error::Disconnected`].
+    ///
+    /// # Cancel safety
+    /// Dropping the future lets a sync already started finish on the connection task.
+    pub async fn sync(&self) -> Result<()> {
+        self.request(Op::Sync, self.config.sync_timeout, false)
+            .await
+            .map(drop)
+    }
+
+    /// Runs a typed command with the default deadline.
+    ///
+    /// # Errors
+    /// [`Error::Disabled`], [`Error::NotFound`], [`Error::Command`] for agent errors;
+    /// [`Error::Timeout`] (the command may still complete in the guest);
+    /// [`Error::SyncTimeout`] when a needed resync fails; [`Error::Malformed`],
+    /// [`Error::Decode`], [`Error::FrameTooLong`] for bad replies; [`Error::Disconnected`].
+    ///
+    /// # Cancel safety
+    /// Dropping the future does not cancel a command already sent: it completes in the
+    /// guest and its reply is discarded. A command not yet sent is skipped.
+    pub async fn execute<C: Command>(&self, cmd: &C) -> Result<C::Output> {
+        self.execute_with_timeout(cmd, self.config.command_timeout)
+            .await
+    }
+
+    /// Runs a typed command with its own deadline.
+    ///
+    /// # Errors
+    /// As [`Client::execute`].
+    ///
+    /// # Cancel safety
+    /// As [`Client::execute`].
+    pub async fn execute_with_timeout<C: Command>(
+        &self,
+        cmd: &C,
+        deadline: Duration,
+    ) -> Result<C::Output> {
+        let value = self.call(C::NAME, cmd, deadline, false).await?;
+        decode::<C>(value)
+    }
+
+    /// Queues a command that runs even if every handle and future is dropped — what a
+    /// drop guard uses to thaw. The returned receiver may be ignored.
+    ///
+    /// # Errors
+    /// [`Error::Encode`], or [`Error::Disconnected`] when the connection task is gone.
+    pub fn execute_detached<C: Command>(
+        &self,
+        cmd: &C,
+    ) -> Result<oneshot::Receiver<Result<Value>>> {
+        let op = execute_op(C::NAME, cmd)?;
+        let (reply, rx) = oneshot::channel();
+        let request = Request {
+            op,
+            deadline: self.config.command_timeout,
+            detached: true,
+            reply,
+        };
+        self.tx
+            .try_send(request)
+            .map_err(|_| Error::Disconnected(Disconnect::Closed))?;
+        Ok(rx)
+    }
+
+    /// Runs any command by name with JSON arguments (`Value::Null` for none).
+    ///
+    /// # Errors
+    /// As [`Client::execute`], without [`Error::Decode`].
+    ///
+    /// # Cancel safety
+    /// As [`Client::execute`].
+    pub async fn execute_raw(&self, name: &str, arguments: Value) -> Result<Value> {
+        self.call(name, &arguments, self.config.command_timeout, false)
+            .await
+    }
+
+    /// [`Client::execute_raw`] with its own deadline.
+    ///
+    /// # Errors
+    /// As [`Client::execute_raw`].
+    ///
+    /// # Cancel safety
+    /// As [`Client::execute`].
+    pub async fn execute_raw_with_timeout(
+        &self,
+        name: &str,
+        arguments: Value,
+        deadline: Duration,
+    ) -> Result<Value> {
+        self.call(name, &arguments, deadline, false).await
+    }
+
+    async fn call(
+        &self,
+        name: &str,
+        args: &impl Serialize,
+        deadline: Duration,
+        detached: bool,
+    ) -> Result<Value> {
+        let op = execute_op(name, args)?;
+        self.request(op, deadline, detached).await
+    }
+
+    async fn request(&self, op: Op, deadline: Duration, detached: bool) -> Result<Value> {
+        let (reply, rx) = oneshot::channel();
+        let request = Request {
+            op,
+            deadline,
+            detached,
+            reply,
+        };
+        let gone = || Error::Disconnected(Disconnect::Closed);
+        self.tx.send(request).await.map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())?
+    }
+}
+
+fn execute_op(name: &str, args: &impl Serialize) -> Result<Op> {
+    let message = encode_execute(name, args, None).map_err(|source| Error::Encode {
+        command: name.to_owned(),
+        source,
+    })?;
+    Ok(Op::Execute {
+        name: name.to_owned(),
+        message,
+    })
+}
+
+fn decode<C: Command>(value: Value) -> Result<C::Output> {
+    serde_json::from_value(value).map_err(|source| Error::Decode {
+        command: C::NAME.to_owned(),
+        source,
+    })
+}

@@ -1,0 +1,62 @@
+//! Looking at disk images from the host: backing chains and ext4 state.
+
+use crate::error::{Error, Result};
+use std::path::Path;
+use std::process::Command;
+
+fn run(tool: &'static str, cmd: &mut Command) -> Result<String> {
+    let out = cmd.output().map_err(|e| Error::Spawn(tool, e))?;
+    if !out.status.success() {
+        return Err(Error::Tool(
+            tool,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The filenames of `image`'s backing chain, top first, from
+/// `qemu-img info -U --backing-chain` (works while QEMU has the image open).
+///
+/// # Errors
+/// `qemu-img` fails or prints something unexpected.
+pub fn backing_chain(image: &Path) -> Result<Vec<String>> {
+    let json = run(
+        "qemu-img info",
+        Command::new("qemu-img")
+            .args(["info", "-U", "--backing-chain", "--output=json"])
+            .arg(image),
+    )?;
+    let infos: Vec<serde_json::Value> =
+        serde_json::from_str(&json).map_err(|e| Error::Tool("qemu-img info", e.to_string()))?;
+    Ok(infos
+        .iter()
+        .filter_map(|i| i["filename"].as_str().map(str::to_owned))
+        .collect())
+}
+
+/// Whether the ext4 file system in `image` (qcow2, read through its backing chain)
+/// has `needs_recovery` set: a copy taken while mounted and not frozen has it, one
+/// taken while frozen does not. The image is copied to a raw temp file first.
+///
+/// # Errors
+/// `qemu-img convert` or `dumpe2fs` fails.
+pub fn ext4_needs_recovery(image: &Path) -> Result<bool> {
+    let tmp = tempfile::Builder::new().suffix(".raw").tempfile()?;
+    run(
+        "qemu-img convert",
+        Command::new("qemu-img")
+            .args(["convert", "-U", "-O", "raw"])
+            .arg(image)
+            .arg(tmp.path()),
+    )?;
+    let header = run(
+        "dumpe2fs",
+        Command::new("dumpe2fs").arg("-h").arg(tmp.path()),
+    )?;
+    let features = header
+        .lines()
+        .find(|l| l.starts_with("Filesystem features:"))
+        .ok_or_else(|| Error::Tool("dumpe2fs", "no feature line".into()))?;
+    Ok(features.split_whitespace().any(|f| f == "needs_recovery"))
+}

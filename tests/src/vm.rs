@@ -1,0 +1,293 @@
+//! [`QemuVm`]: a real `qemu-system-x86_64` running the test guest, killed on drop.
+
+use crate::error::{Error, Result};
+use crate::image::GuestImage;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tempfile::TempDir;
+
+/// How the guest runs its agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Agent {
+    /// qemu-ga starts at boot.
+    AtBoot,
+    /// qemu-ga starts this many seconds after boot.
+    Late(u32),
+    /// No qemu-ga at all (the channel exists, nobody answers).
+    Absent,
+}
+
+/// Options for a [`QemuVm`].
+#[derive(Debug, Clone)]
+pub struct VmBuilder {
+    disks: usize,
+    writer: bool,
+    agent: Agent,
+    memory_mib: u32,
+}
+
+impl Default for VmBuilder {
+    fn default() -> Self {
+        Self {
+            disks: 2,
+            writer: false,
+            agent: Agent::AtBoot,
+            memory_mib: 512,
+        }
+    }
+}
+
+impl VmBuilder {
+    /// Number of data disks (1 to 4), mounted in the guest at `/data`, `/data2`, ...
+    pub fn disks(mut self, n: usize) -> Self {
+        self.disks = n;
+        self
+    }
+
+    /// Runs a guest process appending to `writer.log` on every data disk every 100 ms.
+    pub fn writer(mut self, on: bool) -> Self {
+        self.writer = on;
+        self
+    }
+
+    /// When the guest agent starts.
+    pub fn agent(mut self, agent: Agent) -> Self {
+        self.agent = agent;
+        self
+    }
+
+    /// Boots the VM and waits for QEMU's QMP greeting (not for the guest).
+    ///
+    /// # Errors
+    /// No guest image, `qemu-img` or `qemu-system-x86_64` failing, or no greeting
+    /// within 10 s.
+    pub async fn start(self) -> Result<QemuVm> {
+        let image = GuestImage::locate()?;
+        if !(1..=image.disks()).contains(&self.disks) {
+            return Err(Error::Config(format!(
+                "{} disks asked for; the image has 1 to {}",
+                self.disks,
+                image.disks()
+            )));
+        }
+        // Unix socket paths must stay under 108 bytes: use a short directory in /tmp.
+        let dir = tempfile::Builder::new()
+            .prefix("qsnap-vm-")
+            .tempdir_in("/tmp")?;
+        let disks = (0..self.disks)
+            .map(|i| make_disk(&image.disk(i), dir.path(), i))
+            .collect::<Result<Vec<_>>>()?;
+        let child = self.spawn(&image, dir.path(), &disks)?;
+        let vm = QemuVm {
+            child: Some(child),
+            dir,
+            disks,
+        };
+        vm.wait_for_greeting(Duration::from_secs(10)).await?;
+        Ok(vm)
+    }
+
+    fn kernel_args(&self) -> String {
+        let mut args = String::from("console=ttyS0 quiet panic=-1");
+        if self.writer {
+            args.push_str(" qsnap.writer=1");
+        }
+        match self.agent {
+            Agent::AtBoot => {}
+            Agent::Late(s) => {
+                let _ = write!(args, " qsnap.agent_delay={s}");
+            }
+            Agent::Absent => args.push_str(" qsnap.agent=0"),
+        }
+        args
+    }
+
+    fn spawn(&self, image: &GuestImage, dir: &Path, disks: &[PathBuf]) -> Result<Child> {
+        let mut cmd = Command::new("qemu-system-x86_64");
+        cmd.args(["-machine", "q35", "-accel", "tcg", "-smp", "1"])
+            .args(["-m", &self.memory_mib.to_string()])
+            .args(["-nodefaults", "-no-user-config", "-display", "none"])
+            .arg("-kernel")
+            .arg(image.kernel())
+            .arg("-initrd")
+            .arg(image.initramfs())
+            .args(["-append", &self.kernel_args()]);
+        for (i, disk) in disks.iter().enumerate() {
+            cmd.arg("-blockdev")
+                .arg(format!(
+                    "driver=file,filename={},node-name=file{i}",
+                    disk.display()
+                ))
+                .arg("-blockdev")
+                .arg(format!("driver=qcow2,file=file{i},node-name=disk{i}"))
+                .arg("-device")
+                .arg(format!("virtio-blk-pci,drive=disk{i},id=vblk{i}"));
+        }
+        let sock = |name: &str| dir.join(name).display().to_string();
+        cmd.arg("-qmp")
+            .arg(format!("unix:{},server=on,wait=off", sock("qmp.sock")))
+            .arg("-chardev")
+            .arg(format!(
+                "socket,path={},server=on,wait=off,id=qga0",
+                sock("qga.sock")
+            ))
+            .args(["-device", "virtio-serial-pci,id=vser0"])
+            .args([
+                "-device",
+                "virtserialport,chardev=qga0,name=org.qemu.guest_agent.0",
+            ])
+            .arg("-serial")
+            .arg(format!("file:{}", sock("serial.log")))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("qemu.stderr"))?);
+        cmd.spawn()
+            .map_err(|e| Error::Spawn("qemu-system-x86_64", e))
+    }
+}
+
+/// `base{i}.qcow2`, a private copy of the cached base (≈1 MiB, so a commit that runs
+/// down to the bottom of the chain can never write into the shared cache), and
+/// `disk{i}.qcow2`, the throw-away overlay the VM runs on.
+fn make_disk(cached: &Path, dir: &Path, i: usize) -> Result<PathBuf> {
+    let base = dir.join(format!("base{i}.qcow2"));
+    std::fs::copy(cached, &base)?;
+    make_overlay(&base, &dir.join(format!("disk{i}.qcow2")))
+}
+
+fn make_overlay(base: &Path, overlay: &Path) -> Result<PathBuf> {
+    let out = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
+        .arg(base)
+        .arg(overlay)
+        .output()
+        .map_err(|e| Error::Spawn("qemu-img", e))?;
+    if !out.status.success() {
+        return Err(Error::Tool(
+            "qemu-img create",
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ));
+    }
+    Ok(overlay.to_owned())
+}
+
+/// A running VM. Dropping it kills QEMU; if the thread is panicking (a failed test),
+/// the guest's serial log and QEMU's stderr are printed first.
+#[derive(Debug)]
+pub struct QemuVm {
+    child: Option<Child>,
+    dir: TempDir,
+    disks: Vec<PathBuf>,
+}
+
+impl QemuVm {
+    /// A VM with two data disks and the agent started at boot.
+    ///
+    /// # Errors
+    /// As [`VmBuilder::start`].
+    pub async fn start() -> Result<Self> {
+        VmBuilder::default().start().await
+    }
+
+    /// Options for a VM.
+    pub fn builder() -> VmBuilder {
+        VmBuilder::default()
+    }
+
+    /// The VM's own directory (sockets, disks, serial log).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The QMP socket.
+    pub fn qmp_path(&self) -> PathBuf {
+        self.dir().join("qmp.sock")
+    }
+
+    /// The guest-agent socket.
+    pub fn qga_path(&self) -> PathBuf {
+        self.dir().join("qga.sock")
+    }
+
+    /// The active image file of each data disk, in order (`disk0.qcow2`, ...).
+    pub fn disks(&self) -> &[PathBuf] {
+        &self.disks
+    }
+
+    /// The node name of data disk `i` (`disk{i}`); its qdev id is `vblk{i}`.
+    pub fn node(i: usize) -> String {
+        format!("disk{i}")
+    }
+
+    /// The private base image under data disk `i`'s overlay.
+    pub fn base(&self, i: usize) -> PathBuf {
+        self.dir().join(format!("base{i}.qcow2"))
+    }
+
+    /// Everything the guest printed on its serial console so far.
+    pub fn serial_log(&self) -> String {
+        std::fs::read_to_string(self.dir().join("serial.log")).unwrap_or_default()
+    }
+
+    /// QEMU's process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Connects a fresh QMP client (QEMU serves one at a time: drop it when done).
+    ///
+    /// # Errors
+    /// As [`qmp::Client::connect`].
+    pub async fn qmp(&self) -> Result<qmp::Client> {
+        Ok(qmp::Client::connect(self.qmp_path(), qmp::Config::default()).await?)
+    }
+
+    /// Waits until the guest agent answers a sync, then disconnects.
+    ///
+    /// # Errors
+    /// The agent did not answer within `within`.
+    pub async fn wait_for_agent(&self, within: Duration) -> Result<()> {
+        let config = qga::Config::default().sync_timeout(within);
+        qga::Client::connect(self.qga_path(), config).await?;
+        Ok(())
+    }
+
+    async fn wait_for_greeting(&self, within: Duration) -> Result<()> {
+        let start = Instant::now();
+        loop {
+            match qmp::Client::connect(self.qmp_path(), qmp::Config::default()).await {
+                Ok(_) => return Ok(()),
+                Err(e) if start.elapsed() > within => return Err(e.into()),
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    }
+
+    /// Kills QEMU now.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn report(&self) {
+        let stderr = std::fs::read_to_string(self.dir().join("qemu.stderr")).unwrap_or_default();
+        eprintln!(
+            "---- qemu stderr ({}) ----\n{stderr}---- guest serial log ----\n{}----",
+            self.dir().display(),
+            self.serial_log()
+        );
+    }
+}
+
+impl Drop for QemuVm {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.report();
+        }
+        self.kill();
+    }
+}

@@ -1,0 +1,224 @@
+//! Building the test guest: a Debian cloud kernel, an initramfs with busybox and
+//! qemu-ga, and base ext4 data disks, cached in `target/qsnap-guest`.
+//!
+//! The build is skipped when `stamp` matches the inputs (kernel package, qemu-ga
+//! version, the `/init` script, this builder's version) and every output exists.
+
+use crate::packages::{self, Apt};
+use crate::run::{output, shell, status};
+use anyhow::{Context, Result, bail};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Bump when the layout of the image changes.
+const BUILDER_VERSION: &str = "3";
+const INIT: &str = include_str!("../assets/init");
+/// Loaded by `/init` in this order (virtio is modular in the cloud kernel; ext4 is built in).
+const MODULES: &[&str] = &[
+    "virtio_ring",
+    "virtio",
+    "virtio_pci_modern_dev",
+    "virtio_pci_legacy_dev",
+    "virtio_pci",
+    "virtio_blk",
+    "virtio_console",
+];
+/// Base data disks built (`data0.qcow2` ...); a VM may use up to this many.
+const DISKS: usize = 4;
+const DISK_MIB: u64 = 64;
+
+/// Where the image lives.
+pub(crate) fn dir(root: &Path) -> PathBuf {
+    root.join("target/qsnap-guest")
+}
+
+/// Installs missing packages and builds the guest if it is out of date.
+pub(crate) fn build(root: &Path) -> Result<PathBuf> {
+    let apt = Apt::new(root)?;
+    packages::ensure(&apt)?;
+    let out = dir(root);
+    fs::create_dir_all(&out)?;
+    let kernel_pkg = apt.first_dependency("linux-image-cloud-amd64")?;
+    let stamp = format!(
+        "builder {BUILDER_VERSION}\nkernel {kernel_pkg}\nqemu-ga {}\ninit {:016x}\n",
+        qemu_ga_version()?,
+        fnv1a(INIT.as_bytes())
+    );
+    let outputs = ["vmlinuz", "initramfs.cpio.gz"]
+        .into_iter()
+        .map(String::from)
+        .chain((0..DISKS).map(|i| format!("data{i}.qcow2")));
+    let complete = outputs.into_iter().all(|f| out.join(f).exists());
+    if complete && fs::read_to_string(out.join("stamp")).ok().as_deref() == Some(stamp.as_str()) {
+        eprintln!("xtask: guest image up to date in {}", out.display());
+        return Ok(out);
+    }
+    eprintln!("xtask: building the guest image in {}", out.display());
+    let modules = unpack_kernel(&apt, &kernel_pkg, &out)?;
+    build_initramfs(&out, &modules)?;
+    build_disks(&out)?;
+    fs::write(out.join("stamp"), stamp)?;
+    Ok(out)
+}
+
+fn qemu_ga_version() -> Result<String> {
+    output(Command::new("dpkg-query").args(["-W", "-f=${Version}", "qemu-guest-agent"]))
+}
+
+/// Downloads and unpacks the kernel package; copies `vmlinuz`; returns the module dir.
+fn unpack_kernel(apt: &Apt, package: &str, out: &Path) -> Result<PathBuf> {
+    let kdir = out.join("kernel");
+    let _ = fs::remove_dir_all(&kdir);
+    fs::create_dir_all(&kdir)?;
+    apt.download(package, &kdir)?;
+    let deb = fs::read_dir(&kdir)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "deb"))
+        .context("apt-get download produced no .deb")?;
+    status(Command::new("dpkg").arg("-x").arg(&deb).arg(kdir.join("x")))?;
+    let boot = kdir.join("x/boot");
+    let vmlinuz = find_prefixed(&boot, "vmlinuz-")?;
+    fs::copy(&vmlinuz, out.join("vmlinuz"))?;
+    let release = vmlinuz
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_prefix("vmlinuz-"))
+        .context("odd vmlinuz name")?
+        .to_owned();
+    Ok(kdir.join("x/lib/modules").join(release))
+}
+
+fn find_prefixed(dir: &Path, prefix: &str) -> Result<PathBuf> {
+    fs::read_dir(dir)
+        .with_context(|| format!("cannot read {}", dir.display()))?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(prefix))
+        })
+        .with_context(|| format!("no {prefix}* in {}", dir.display()))
+}
+
+fn build_initramfs(out: &Path, modules: &Path) -> Result<()> {
+    let stage = out.join("initramfs");
+    let _ = fs::remove_dir_all(&stage);
+    for d in [
+        "bin",
+        "sbin",
+        "usr/bin",
+        "usr/sbin",
+        "lib/modules",
+        "proc",
+        "sys",
+        "dev",
+        "run",
+        "tmp",
+    ] {
+        fs::create_dir_all(stage.join(d))?;
+    }
+    copy_into(&stage, Path::new("/bin/busybox"))?;
+    copy_into(&stage, Path::new("/usr/sbin/qemu-ga"))?;
+    for lib in shared_libraries(Path::new("/usr/sbin/qemu-ga"))? {
+        copy_into(&stage, &lib)?;
+    }
+    for name in MODULES {
+        let found = find_module(modules, name)?;
+        fs::copy(&found, stage.join(format!("lib/modules/{name}.ko")))?;
+    }
+    let init = stage.join("init");
+    fs::write(&init, INIT)?;
+    set_executable(&init)?;
+    shell(
+        &stage,
+        "find . | cpio -o -H newc --quiet | gzip -1 > ../initramfs.cpio.gz",
+    )
+}
+
+/// Copies `file` to the same absolute path under `stage`.
+fn copy_into(stage: &Path, file: &Path) -> Result<()> {
+    let rel = file.strip_prefix("/").unwrap_or(file);
+    let dest = stage.join(rel);
+    if let Some(parent) = dest.parent() {
+        fs::create_dir_all(parent)?;
+    }
+    fs::copy(file, &dest).with_context(|| format!("cannot copy {}", file.display()))?;
+    Ok(())
+}
+
+/// Every library `ldd` lists for `binary`, and the loader.
+fn shared_libraries(binary: &Path) -> Result<Vec<PathBuf>> {
+    let listing = output(Command::new("ldd").arg(binary))?;
+    let libs: Vec<PathBuf> = listing
+        .lines()
+        .filter_map(|l| {
+            let l = l.trim();
+            let path = l.split_once("=> ").map_or(l, |(_, p)| p);
+            path.split_whitespace()
+                .next()
+                .filter(|p| p.starts_with('/'))
+        })
+        .map(PathBuf::from)
+        .collect();
+    if libs.is_empty() {
+        bail!("ldd {} listed no libraries", binary.display());
+    }
+    Ok(libs)
+}
+
+fn find_module(dir: &Path, name: &str) -> Result<PathBuf> {
+    let wanted = format!("{name}.ko");
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in fs::read_dir(&d)?.filter_map(Result::ok) {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.file_name().is_some_and(|n| n == wanted.as_str()) {
+                return Ok(path);
+            }
+        }
+    }
+    bail!("module {wanted} not found under {}", dir.display())
+}
+
+fn build_disks(out: &Path) -> Result<()> {
+    for i in 0..DISKS {
+        let raw = out.join(format!("data{i}.raw"));
+        let qcow = out.join(format!("data{i}.qcow2"));
+        let _ = fs::remove_file(&qcow);
+        let file = fs::File::create(&raw)?;
+        file.set_len(DISK_MIB << 20)?;
+        drop(file);
+        status(
+            Command::new("mkfs.ext4")
+                .args(["-q", "-F", "-L"])
+                .arg(format!("data{i}"))
+                .arg(&raw),
+        )?;
+        status(
+            Command::new("qemu-img")
+                .args(["convert", "-q", "-O", "qcow2"])
+                .arg(&raw)
+                .arg(&qcow),
+        )?;
+        fs::remove_file(&raw)?;
+    }
+    Ok(())
+}
+
+fn set_executable(path: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o755))?;
+    Ok(())
+}
+
+/// A stable hash for the stamp (std's hasher is randomly seeded).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}

@@ -1,0 +1,103 @@
+//! The `test`, `demo` and `bench` pipelines.
+
+use crate::guest;
+use crate::run::{have, status};
+use anyhow::Result;
+use std::path::Path;
+use std::process::Command;
+
+fn cargo(root: &Path) -> Command {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(root);
+    cmd
+}
+
+fn step(name: &str) {
+    eprintln!("\nxtask: == {name} ==");
+}
+
+/// fmt check, clippy, rustdoc, then every test including the real-QEMU ones.
+pub(crate) fn test(root: &Path) -> Result<()> {
+    step("guest image");
+    let image = guest::build(root)?;
+    step("cargo fmt --check");
+    status(cargo(root).args(["fmt", "--all", "--", "--check"]))?;
+    step("cargo clippy -D warnings");
+    status(cargo(root).args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    step("cargo doc -D warnings");
+    status(
+        cargo(root)
+            .args(["doc", "--workspace", "--no-deps"])
+            .env("RUSTDOCFLAGS", "-D warnings"),
+    )?;
+    step("tests (unit, fake peers, real QEMU)");
+    // The real-QEMU tests fail, never skip, when they cannot find the image.
+    let tests_env = ("QSNAP_GUEST_DIR", image.as_os_str());
+    if have("cargo-nextest") {
+        status(
+            cargo(root)
+                .args(["nextest", "run", "--workspace", "--no-fail-fast"])
+                .env(tests_env.0, tests_env.1),
+        )?;
+    } else {
+        eprintln!("xtask: cargo-nextest not found; using cargo test");
+        status(
+            cargo(root)
+                .args([
+                    "test",
+                    "--workspace",
+                    "--no-fail-fast",
+                    "--lib",
+                    "--bins",
+                    "--tests",
+                ])
+                .env(tests_env.0, tests_env.1),
+        )?;
+    }
+    step("doctests");
+    status(cargo(root).args(["test", "--workspace", "--doc"]))?;
+    eprintln!("\nxtask: all checks passed");
+    Ok(())
+}
+
+/// Boots the demo guest and runs qsnap against it.
+pub(crate) fn demo(root: &Path) -> Result<()> {
+    let image = guest::build(root)?;
+    status(
+        cargo(root)
+            .args([
+                "run",
+                "--quiet",
+                "--package",
+                "qsnap-tests",
+                "--bin",
+                "qsnap-demo",
+            ])
+            .env("QSNAP_GUEST_DIR", image),
+    )
+}
+
+/// Runs the benchmarks (release build) against the real guest.
+pub(crate) fn bench(root: &Path) -> Result<()> {
+    let image = guest::build(root)?;
+    status(
+        cargo(root)
+            .args([
+                "run",
+                "--release",
+                "--quiet",
+                "--package",
+                "qsnap-tests",
+                "--bin",
+                "qsnap-bench",
+            ])
+            .env("QSNAP_GUEST_DIR", image),
+    )
+}
