@@ -39,7 +39,10 @@ async fn qmp_round_trip(vm: &QemuVm) -> Result<()> {
     }
     let (raw_med, raw_p99) = stats(&mut raw);
     let (our_med, our_p99) = stats(&mut ours);
-    println!("QMP query-status round trip, {} calls each:", ROUNDS * PER_ROUND);
+    println!(
+        "QMP query-status round trip, {} calls each:",
+        ROUNDS * PER_ROUND
+    );
     println!("  raw blocking socket (baseline)  median {raw_med:>7.1?}  p99 {raw_p99:>7.1?}");
     println!("  qmp::Client                     median {our_med:>7.1?}  p99 {our_p99:>7.1?}");
     println!(

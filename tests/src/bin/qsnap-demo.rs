@@ -13,7 +13,11 @@ async fn main() -> Result<()> {
     let vm = QemuVm::builder().disks(2).writer(true).start().await?;
     println!("   VM directory: {}", vm.dir().display());
     let qmp = vm.qmp().await?;
-    println!("   QEMU {} ({})", qmp.greeting().version.qemu, qmp.greeting().version.package);
+    println!(
+        "   QEMU {} ({})",
+        qmp.greeting().version.qemu,
+        qmp.greeting().version.package
+    );
 
     println!("\n== query-status ==");
     let status = qmp.execute(&qmp::commands::QueryStatus).await?;
@@ -21,12 +25,23 @@ async fn main() -> Result<()> {
 
     println!("\n== disks (query-block) ==");
     for block in qmp.execute(&qmp::commands::QueryBlock).await? {
-        let Some(inserted) = &block.inserted else { continue };
+        let Some(inserted) = &block.inserted else {
+            continue;
+        };
         let node = inserted.node_name.as_deref().unwrap_or("?");
         let id = block.qdev_id().unwrap_or("?");
-        println!("   node {node}  device {id}  {} bytes", inserted.image.virtual_size);
+        println!(
+            "   node {node}  device {id}  {} bytes",
+            inserted.image.virtual_size
+        );
         for (depth, image) in inserted.image.chain().enumerate() {
-            println!("   {:width$}└ {} ({})", "", image.filename, image.format, width = depth * 2);
+            println!(
+                "   {:width$}└ {} ({})",
+                "",
+                image.filename,
+                image.format,
+                width = depth * 2
+            );
         }
     }
 
@@ -40,6 +55,9 @@ async fn main() -> Result<()> {
         info.version,
         info.is_enabled("guest-fsfreeze-freeze")
     );
-    println!("\n== done in {:.1?}; shutting the guest down ==", start.elapsed());
+    println!(
+        "\n== done in {:.1?}; shutting the guest down ==",
+        start.elapsed()
+    );
     Ok(())
 }
