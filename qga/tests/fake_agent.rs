@@ -129,6 +129,13 @@ fn pair(config: Config, leftover: &[u8]) -> (FakeAgent, impl Future<Output = qga
     (fake, Client::handshake(a, config))
 }
 
+/// This process's peak resident set size (`VmHWM`), in KiB.
+fn peak_rss_kib() -> usize {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
 async fn within<F: Future>(f: F) -> F::Output {
     tokio::time::timeout(Duration::from_secs(20), f)
         .await
@@ -293,9 +300,10 @@ async fn hundred_mib_line_is_rejected_early_without_buffering_it() {
         let (mut fake, client) = synced(Config::default()).await;
         let written = Arc::new(AtomicUsize::new(0));
         let counter = written.clone();
+        let chunk = vec![b'x'; 64 * 1024];
+        let peak_before = peak_rss_kib();
         let (reply, ()) = tokio::join!(client.execute(&GuestPing), async {
             fake.expect("guest-ping").await;
-            let chunk = vec![b'x'; 64 * 1024];
             for _ in 0..(100 * 1024 * 1024 / chunk.len()) {
                 if fake.io.write_all(&chunk).await.is_err() {
                     break;
@@ -311,6 +319,9 @@ async fn hundred_mib_line_is_rejected_early_without_buffering_it() {
         );
         // The client kept reading (and discarding) all of it, and is still usable.
         assert_eq!(written.load(Ordering::Relaxed), 100 * 1024 * 1024);
+        // Had it buffered the line, the peak resident size would have grown by 100 MiB.
+        let grown = peak_rss_kib().saturating_sub(peak_before);
+        assert!(grown < 16 * 1024, "peak RSS grew by {grown} KiB");
         let (reply, ()) = tokio::join!(client.execute(&GuestPing), async {
             fake.answer_sync().await;
             fake.expect("guest-ping").await;
