@@ -1,0 +1,133 @@
+//! Command-line arguments (clap derive).
+
+use clap::{Args, Parser, Subcommand};
+use qsnap::Quiesce;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub(crate) const EXIT_CODES: &str = "\
+Exit codes:
+  0    ok
+  1    other error
+  2    usage error
+  3    quiesce required but unavailable or failed (nothing changed)
+  4    snapshot failed (guest thawed, nothing left behind)
+  5    thaw could not be confirmed (the guest may still be frozen: run `qsnap thaw`)
+  130  interrupted (guest thawed)";
+
+/// Filesystem-consistent live disk snapshots of VMs run by bare QEMU (QMP + guest agent).
+#[derive(Debug, Parser)]
+#[command(name = "qsnap", version, after_help = EXIT_CODES, propagate_version = true)]
+pub(crate) struct Cli {
+    #[command(flatten)]
+    pub(crate) global: Global,
+    #[command(subcommand)]
+    pub(crate) command: Cmd,
+}
+
+/// Options every command takes.
+#[derive(Debug, Args)]
+pub(crate) struct Global {
+    /// The VM's QMP socket (QEMU: -qmp unix:PATH,server=on,wait=off).
+    #[arg(long, global = true, env = "QSNAP_QMP", value_name = "PATH")]
+    pub(crate) qmp: Option<PathBuf>,
+    /// The guest agent's socket (QEMU: -chardev socket,path=PATH,server=on,wait=off,id=qga0).
+    #[arg(long, global = true, env = "QSNAP_QGA", value_name = "PATH")]
+    pub(crate) qga: Option<PathBuf>,
+    /// Print one JSON object on stdout instead of text.
+    #[arg(long, global = true)]
+    pub(crate) json: bool,
+    /// More logging on stderr (-v debug, -vv trace).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub(crate) verbose: u8,
+    /// Less logging on stderr (errors only).
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub(crate) quiet: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Cmd {
+    /// Take a filesystem-consistent snapshot of the VM's disks (freeze, switch, thaw).
+    Snapshot(SnapshotArgs),
+    /// Check that the guest agent answers.
+    Ping,
+    /// Freeze the guest's filesystems (remember to thaw!).
+    Freeze {
+        /// Freeze only this guest mountpoint (repeatable).
+        #[arg(long = "mountpoint", value_name = "PATH")]
+        mountpoints: Vec<String>,
+    },
+    /// Thaw the guest's filesystems: rescues a guest left frozen by anything.
+    Thaw,
+    /// Show whether the guest's filesystems are frozen.
+    Fsstatus,
+    /// Internal: the out-of-process guardian that thaws if the coordinator dies.
+    #[command(hide = true)]
+    Guardian(GuardianArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct SnapshotArgs {
+    /// Disk to snapshot, by node-name or qdev id (repeatable; default: every writable disk).
+    #[arg(long = "disk", value_name = "NODE|ID")]
+    pub(crate) disks: Vec<String>,
+    /// Snapshot name, part of each overlay file name (default: snap-<UTC time>).
+    #[arg(long)]
+    pub(crate) name: Option<String>,
+    /// Directory for the overlays (default: beside each active image).
+    #[arg(long, value_name = "DIR")]
+    pub(crate) overlay_dir: Option<PathBuf>,
+    /// What to do if the guest cannot be frozen.
+    #[arg(long, value_enum, default_value_t = Quiesce::Required)]
+    pub(crate) quiesce: Quiesce,
+    /// Longest time the guest may stay frozen (e.g. 500ms, 10s, 2m).
+    #[arg(long, value_parser = parse_duration, default_value = "10s", value_name = "DUR")]
+    pub(crate) freeze_timeout: Duration,
+    /// Freeze only this guest mountpoint (repeatable; default: all).
+    #[arg(long = "mountpoint", value_name = "PATH")]
+    pub(crate) mountpoints: Vec<String>,
+    /// How long to wait for the guest agent to answer.
+    #[arg(long, value_parser = parse_duration, default_value = "3s", value_name = "DUR")]
+    pub(crate) agent_timeout: Duration,
+    /// Run without the out-of-process guardian (a SIGKILL while frozen then leaves the
+    /// guest frozen).
+    #[arg(long)]
+    pub(crate) no_guardian: bool,
+    /// Testing aid: stay frozen this long before switching.
+    #[arg(long, value_parser = parse_duration, hide = true, default_value = "0s")]
+    pub(crate) debug_hold_frozen: Duration,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct GuardianArgs {
+    /// The coordinator's pid.
+    #[arg(long)]
+    pub(crate) coordinator: u32,
+    /// The freeze deadline, in milliseconds.
+    #[arg(long)]
+    pub(crate) deadline_ms: u64,
+}
+
+/// Parses `500ms`, `10s`, `2m`, `1h 30m`.
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (use e.g. 500ms, 10s, 2m)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn clap_definitions_are_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn durations_accept_ms_s_and_m() {
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert!(parse_duration("ten").unwrap_err().contains("10s"));
+    }
+}

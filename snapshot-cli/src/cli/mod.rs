@@ -1,0 +1,132 @@
+//! The `qsnap` command line: run a command, print its result, map errors to exit codes.
+
+mod agent;
+mod args;
+mod output;
+mod snapshot;
+
+use anyhow::{Context, Result};
+pub(crate) use args::{Cli, Cmd, Global};
+use clap::Parser;
+use qsnap::CancellationToken;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use tracing_subscriber::EnvFilter;
+
+pub(crate) fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.global);
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("qsnap: error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let json = cli.global.json;
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let code = exit_code(&e);
+            output::error(json, &e, code);
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn init_logging(global: &Global) {
+    let level = match (global.quiet, global.verbose) {
+        (true, _) => "error",
+        (false, 0) => "warn",
+        (false, 1) => "debug",
+        (false, _) => "trace",
+    };
+    let filter = EnvFilter::try_from_env("QSNAP_LOG").unwrap_or_else(|_| EnvFilter::new(level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+/// The exit code documented in `--help` for this error.
+fn exit_code(e: &anyhow::Error) -> u8 {
+    let code = e
+        .downcast_ref::<qsnap::Error>()
+        .map_or(1, qsnap::Error::exit_code);
+    u8::try_from(code).unwrap_or(1)
+}
+
+/// Cancels the token on Ctrl-C or SIGTERM, so every command leaves through its normal
+/// cleanup path (thaw, rollback, job cancel) rather than dying mid-way.
+fn cancel_on_signals() -> CancellationToken {
+    let token = CancellationToken::new();
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let sigterm = async {
+            match term.as_mut() {
+                Some(s) => drop(s.recv().await),
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            () = sigterm => {}
+        }
+        tracing::warn!("interrupted: cleaning up");
+        cancel.cancel();
+    });
+    token
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let cancel = cancel_on_signals();
+    let g = &cli.global;
+    match cli.command {
+        Cmd::Snapshot(args) => snapshot::run(g, args, &cancel).await,
+        Cmd::Ping => agent::ping(g, &cancel).await,
+        Cmd::Freeze { mountpoints } => agent::freeze(g, mountpoints, &cancel).await,
+        Cmd::Thaw => agent::thaw(g, &cancel).await,
+        Cmd::Fsstatus => agent::fsstatus(g, &cancel).await,
+        Cmd::Guardian(args) => {
+            let qga = need(&g.qga, "--qga")?;
+            let code = qsnap::guardian::run(qsnap::guardian::GuardianArgs {
+                qga,
+                coordinator: args.coordinator,
+                deadline: std::time::Duration::from_millis(args.deadline_ms),
+            })
+            .await;
+            if code == 0 {
+                Ok(())
+            } else {
+                std::process::exit(code)
+            }
+        }
+    }
+}
+
+/// A socket option the command cannot do without.
+fn need(path: &Option<PathBuf>, flag: &str) -> Result<PathBuf> {
+    path.clone().with_context(|| {
+        format!(
+            "{flag} PATH is required for this command (or set QSNAP_{})",
+            flag.trim_start_matches('-').to_uppercase()
+        )
+    })
+}
+
+/// Runs `fut` unless interrupted (exit 130).
+async fn interruptible<T>(
+    cancel: &CancellationToken,
+    fut: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    tokio::select! {
+        () = cancel.cancelled() => Err(qsnap::Error::Interrupted.into()),
+        r = fut => r,
+    }
+}

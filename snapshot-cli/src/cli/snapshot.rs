@@ -1,0 +1,55 @@
+//! `qsnap snapshot`.
+
+use super::args::SnapshotArgs;
+use super::{Global, need, output};
+use anyhow::Result;
+use qsnap::{CancellationToken, Consistency, Report, SnapshotRequest};
+use std::fmt::Write as _;
+
+pub(crate) async fn run(g: &Global, args: SnapshotArgs, cancel: &CancellationToken) -> Result<()> {
+    let mut request = SnapshotRequest::new(need(&g.qmp, "--qmp")?);
+    request.qga = g.qga.clone();
+    request.name = args.name;
+    request.disks = args.disks;
+    request.overlay_dir = args.overlay_dir;
+    request.quiesce = args.quiesce;
+    request.freeze_timeout = args.freeze_timeout;
+    request.mountpoints = args.mountpoints;
+    request.agent_timeout = args.agent_timeout;
+    request.hold_frozen = args.debug_hold_frozen;
+    if !args.no_guardian {
+        request.guardian = std::env::current_exe().ok();
+    }
+    let report = qsnap::snapshot(&request, cancel).await?;
+    output::emit(g.json, &report, human);
+    Ok(())
+}
+
+fn human(r: &Report) -> String {
+    let mut s = String::new();
+    let how = match r.consistency {
+        Consistency::Quiesced => format!(
+            "quiesced: {} filesystem(s) frozen for {:.1} ms (qsnap's share {:.2} ms)",
+            r.frozen_filesystems, r.timings_ms.frozen_window, r.timings_ms.in_freeze_overhead
+        ),
+        Consistency::CrashConsistent => "crash-consistent (not quiesced)".to_owned(),
+    };
+    let _ = writeln!(s, "snapshot {}: {how}", r.name);
+    for d in &r.disks {
+        let dev = d
+            .device
+            .as_deref()
+            .map(|id| format!(" ({id})"))
+            .unwrap_or_default();
+        let _ = writeln!(
+            s,
+            "  {}{dev}: {} -> new overlay {}",
+            d.node, d.backing_file, d.overlay_file
+        );
+    }
+    for w in &r.warnings {
+        let _ = writeln!(s, "  warning: {w}");
+    }
+    let _ = write!(s, "  total {:.0} ms", r.timings_ms.total);
+    s
+}

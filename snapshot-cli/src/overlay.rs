@@ -1,0 +1,272 @@
+//! Preparing overlays outside the freeze, and removing them again.
+//!
+//! QEMU does not protect files it has not opened: `blockdev-create` truncates an
+//! existing file and reports success. So each overlay file is created here with
+//! `O_CREAT|O_EXCL` (never an existing path, never through a symlink), with the owner
+//! and mode of the active image; only then does QEMU open and format it.
+//!
+//! Everything this run creates is recorded in [`Prepared`]. Rolling back deletes the
+//! nodes it added (qcow2 node, then file node: the other order is "in use") and then
+//! unlinks only the files it created — and only a file whose nodes are gone, so a file
+//! QEMU still uses as an active overlay is never unlinked.
+
+use crate::error::{Error, Result};
+use crate::plan::DiskPlan;
+use qmp::commands::{
+    BackingRef, BlockdevAdd, BlockdevCreate, BlockdevCreateOptions, BlockdevDel, BlockdevOptions,
+    JobDismiss, QueryBlock, QueryJobs,
+};
+use std::fs::OpenOptions;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tracing::{debug, warn};
+
+/// How long a `blockdev-create` job may take (it writes a qcow2 header).
+const CREATE_JOB_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Creates `path` exclusively, with the mode and owner of `like`.
+pub(crate) fn create_exclusive(path: &Path, like: &Path) -> Result<()> {
+    let io = |what| {
+        let path = path.to_owned();
+        move |source| Error::Io { what, path, source }
+    };
+    let meta = std::fs::metadata(like).map_err(io("cannot read the active image"))?;
+    let mode = meta.mode() & 0o666;
+    let file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::AlreadyExists => Error::OverlayExists(path.to_owned()),
+            _ => io("cannot create overlay")(e),
+        })?;
+    // The umask may have narrowed the mode; the owner needs root to change, and is
+    // already ours otherwise.
+    file.set_permissions(std::fs::Permissions::from_mode(mode))
+        .map_err(io("cannot set the mode of"))?;
+    if let Err(e) = std::os::unix::fs::fchown(&file, Some(meta.uid()), Some(meta.gid())) {
+        debug!(error = %e, "overlay keeps this process's owner");
+    }
+    Ok(())
+}
+
+#[derive(Debug, Default)]
+struct Created {
+    /// Nodes added, in order.
+    nodes: Vec<String>,
+    /// Files created.
+    files: Vec<PathBuf>,
+}
+
+/// What this run created; shared so concurrent per-disk preparation can record into it.
+#[derive(Debug, Clone)]
+pub(crate) struct Prepared {
+    qmp: qmp::Client,
+    created: Arc<Mutex<Created>>,
+    /// Set once the transaction succeeded: the overlays are the VM's disks now.
+    kept: bool,
+}
+
+impl Prepared {
+    pub(crate) fn new(qmp: qmp::Client) -> Self {
+        Self {
+            qmp,
+            created: Arc::default(),
+            kept: false,
+        }
+    }
+
+    fn record(&self, f: impl FnOnce(&mut Created)) {
+        let mut created = self
+            .created
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        f(&mut created);
+    }
+
+    /// Prepares every disk's overlay, concurrently.
+    pub(crate) async fn prepare_all(&self, plans: &[DiskPlan]) -> Result<()> {
+        futures_util::future::try_join_all(plans.iter().map(|p| self.prepare(p))).await?;
+        Ok(())
+    }
+
+    async fn prepare(&self, plan: &DiskPlan) -> Result<()> {
+        create_exclusive(&plan.overlay, Path::new(&plan.file))?;
+        self.record(|c| c.files.push(plan.overlay.clone()));
+        let add_file = BlockdevAdd {
+            node_name: plan.file_node.clone(),
+            options: BlockdevOptions::File {
+                filename: plan.overlay.display().to_string(),
+            },
+        };
+        self.qmp
+            .execute(&add_file)
+            .await
+            .map_err(Error::failed("adding the overlay file node"))?;
+        self.record(|c| c.nodes.push(plan.file_node.clone()));
+        self.format(plan).await?;
+        let add_qcow2 = BlockdevAdd {
+            node_name: plan.overlay_node.clone(),
+            options: BlockdevOptions::Qcow2 {
+                file: plan.file_node.clone(),
+                backing: Some(BackingRef::Null),
+            },
+        };
+        self.qmp
+            .execute(&add_qcow2)
+            .await
+            .map_err(Error::failed("adding the overlay node"))?;
+        self.record(|c| c.nodes.push(plan.overlay_node.clone()));
+        Ok(())
+    }
+
+    /// `blockdev-create` qcow2 on the file node, followed to its conclusion.
+    async fn format(&self, plan: &DiskPlan) -> Result<()> {
+        let job_id = format!("{}-create", plan.overlay_node);
+        let create = BlockdevCreate {
+            job_id: job_id.clone(),
+            options: BlockdevCreateOptions::Qcow2 {
+                file: plan.file_node.clone(),
+                size: plan.virtual_size,
+                backing_file: Some(plan.file.clone()),
+                backing_fmt: Some(plan.format.clone()),
+                cluster_size: plan.cluster_size,
+            },
+        };
+        let mut events = self.qmp.events();
+        self.qmp
+            .execute(&create)
+            .await
+            .map_err(Error::failed("formatting the overlay"))?;
+        let concluded = async {
+            loop {
+                match events.recv().await {
+                    Ok(e) if e.event == "JOB_STATUS_CHANGE" && e.data["id"] == job_id.as_str() => {
+                        if e.data["status"] == "concluded" {
+                            return true;
+                        }
+                    }
+                    Ok(_) | Err(qmp::EventsError::Lagged(_)) => {}
+                    Err(_) => return false,
+                }
+            }
+        };
+        // A missed event (lag) is covered by reading the job's state afterwards anyway.
+        let _ = tokio::time::timeout(CREATE_JOB_TIMEOUT, concluded).await;
+        let jobs = self
+            .qmp
+            .execute(&QueryJobs)
+            .await
+            .map_err(Error::failed("checking the overlay's create job"))?;
+        let job = jobs.into_iter().find(|j| j.id == job_id);
+        let _ = self.qmp.execute(&JobDismiss { id: job_id }).await;
+        match job {
+            Some(j) if j.status == "concluded" && j.error.is_none() => Ok(()),
+            Some(j) => Err(Error::failed("formatting the overlay")(JobError(
+                j.error
+                    .unwrap_or_else(|| format!("job ended in state {}", j.status)),
+            ))),
+            None => Err(Error::failed("formatting the overlay")(JobError(
+                "the create job vanished".into(),
+            ))),
+        }
+    }
+
+    /// Marks the overlays as the VM's disks: nothing is rolled back any more.
+    pub(crate) fn keep(&mut self) {
+        self.kept = true;
+    }
+
+    /// Removes what this run created; returns what could not be removed.
+    pub(crate) async fn rollback(&mut self) -> Vec<String> {
+        if self.kept {
+            return Vec::new();
+        }
+        self.kept = true;
+        let created = std::mem::take(
+            &mut *self
+                .created
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        rollback(&self.qmp, created).await
+    }
+}
+
+impl Drop for Prepared {
+    /// Dropped without `keep` or `rollback` (the future was cancelled): roll back on a
+    /// task. Only the last clone does it.
+    fn drop(&mut self) {
+        if self.kept || Arc::strong_count(&self.created) > 1 {
+            return;
+        }
+        let created = std::mem::take(
+            &mut *self
+                .created
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        if created.nodes.is_empty() && created.files.is_empty() {
+            return;
+        }
+        let qmp = self.qmp.clone();
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => drop(rt.spawn(async move { rollback(&qmp, created).await })),
+            Err(_) => warn!(?created, "no runtime to roll back the prepared overlays"),
+        }
+    }
+}
+
+async fn rollback(qmp: &qmp::Client, created: Created) -> Vec<String> {
+    let mut left = Vec::new();
+    // If the switch happened after all (a cancelled caller lost its reply), the
+    // overlays are the disks now: keep everything.
+    if let Ok(blocks) = qmp.execute(&QueryBlock).await {
+        let active: Vec<_> = blocks
+            .iter()
+            .filter_map(|b| b.inserted.as_ref()?.node_name.clone())
+            .collect();
+        if created.nodes.iter().any(|n| active.contains(n)) {
+            warn!("the overlays are active: the snapshot happened, nothing is rolled back");
+            return left;
+        }
+    }
+    let mut removed = Vec::new();
+    for node in created.nodes.iter().rev() {
+        match qmp
+            .execute(&BlockdevDel {
+                node_name: node.clone(),
+            })
+            .await
+        {
+            Ok(_) => removed.push(node.clone()),
+            Err(e) => left.push(format!("node {node}: {e}")),
+        }
+    }
+    if removed.len() == created.nodes.len() {
+        for file in &created.files {
+            if let Err(e) = std::fs::remove_file(file) {
+                left.push(format!("file {}: {e}", file.display()));
+            }
+        }
+    } else {
+        left.extend(
+            created
+                .files
+                .iter()
+                .map(|f| format!("file {} (its node is still in use)", f.display())),
+        );
+    }
+    if !left.is_empty() {
+        warn!(?left, "rollback incomplete");
+    }
+    left
+}
+
+/// A QMP job that ended with an error.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct JobError(String);

@@ -1,0 +1,263 @@
+//! Planning: which disks, which overlay paths and node names. Nothing changes yet.
+
+use crate::error::{Error, Result};
+use qmp::commands::BlockInfo;
+use std::path::{Path, PathBuf};
+
+/// One disk to snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct DiskPlan {
+    /// The active node now.
+    pub(crate) node: String,
+    /// The guest device's qdev id.
+    pub(crate) device: Option<String>,
+    /// The active image file.
+    pub(crate) file: String,
+    /// Its format (recorded as the overlay's backing format).
+    pub(crate) format: String,
+    /// Its exact guest-visible size: a smaller overlay would shrink the disk.
+    pub(crate) virtual_size: u64,
+    /// Its cluster size, copied to the overlay.
+    pub(crate) cluster_size: Option<u64>,
+    /// The overlay file to create.
+    pub(crate) overlay: PathBuf,
+    /// The overlay's qcow2 node.
+    pub(crate) overlay_node: String,
+    /// The overlay's file node.
+    pub(crate) file_node: String,
+}
+
+/// Checks a snapshot name: it becomes part of file names.
+pub(crate) fn validate_name(name: &str) -> Result<()> {
+    let ok_chars = name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if name.is_empty() || name.len() > 64 || !ok_chars || name.starts_with(['.', '-']) {
+        return Err(Error::Invalid(format!(
+            "invalid snapshot name {name:?}: use 1 to 64 letters, digits, '.', '_' or '-', not starting with '.' or '-'"
+        )));
+    }
+    Ok(())
+}
+
+/// `snap-YYYYmmddTHHMMSSZ` from the current UTC time.
+pub(crate) fn default_name() -> String {
+    let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    let compact: String = now.chars().filter(|c| !matches!(c, '-' | ':')).collect();
+    format!("snap-{compact}")
+}
+
+/// Chooses the disks and derives their overlays. `tag` makes node names unique.
+pub(crate) fn select(
+    blocks: &[BlockInfo],
+    wanted: &[String],
+    name: &str,
+    overlay_dir: Option<&Path>,
+    tag: &str,
+) -> Result<Vec<DiskPlan>> {
+    let candidates: Vec<&BlockInfo> = blocks.iter().filter(|b| b.inserted.is_some()).collect();
+    let chosen: Vec<&BlockInfo> = if wanted.is_empty() {
+        candidates
+            .iter()
+            .copied()
+            .filter(|b| b.inserted.as_ref().is_some_and(|i| !i.ro))
+            .collect()
+    } else {
+        let mut chosen: Vec<&BlockInfo> = Vec::new();
+        for want in wanted {
+            let found = candidates
+                .iter()
+                .copied()
+                .find(|b| matches(b, want))
+                .ok_or_else(|| not_found(want, &candidates))?;
+            if !chosen.iter().any(|c| std::ptr::eq(*c, found)) {
+                chosen.push(found);
+            }
+        }
+        chosen
+    };
+    if chosen.is_empty() {
+        return Err(Error::Invalid(
+            "the VM has no writable disk to snapshot".into(),
+        ));
+    }
+    let plans = chosen
+        .iter()
+        .enumerate()
+        .map(|(i, b)| disk_plan(b, i, name, overlay_dir, tag))
+        .collect::<Result<Vec<_>>>()?;
+    for (i, p) in plans.iter().enumerate() {
+        if plans[..i].iter().any(|q| q.overlay == p.overlay) {
+            return Err(Error::Invalid(format!(
+                "two disks would share the overlay {}; use different image names or no --overlay-dir",
+                p.overlay.display()
+            )));
+        }
+    }
+    Ok(plans)
+}
+
+fn matches(block: &BlockInfo, want: &str) -> bool {
+    let node = block.inserted.as_ref().and_then(|i| i.node_name.as_deref());
+    node == Some(want)
+        || block.qdev_id() == Some(want)
+        || (!block.device.is_empty() && block.device == want)
+}
+
+fn not_found(want: &str, blocks: &[&BlockInfo]) -> Error {
+    let available = blocks
+        .iter()
+        .map(|b| {
+            let node = b.inserted.as_ref().and_then(|i| i.node_name.clone());
+            match (node, b.qdev_id()) {
+                (Some(n), Some(id)) => format!("{n} (device {id})"),
+                (Some(n), None) => n,
+                (None, Some(id)) => format!("device {id}"),
+                (None, None) => b.device.clone(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    Error::DiskNotFound {
+        wanted: want.to_owned(),
+        available,
+    }
+}
+
+fn disk_plan(
+    block: &BlockInfo,
+    i: usize,
+    name: &str,
+    overlay_dir: Option<&Path>,
+    tag: &str,
+) -> Result<DiskPlan> {
+    let inserted = block
+        .inserted
+        .as_ref()
+        .ok_or_else(|| Error::Invalid("no medium".into()))?;
+    let node = inserted.node_name.clone().ok_or_else(|| {
+        Error::Invalid(format!(
+            "disk {} has no node-name; start QEMU with -blockdev ...,node-name=NAME",
+            block.device
+        ))
+    })?;
+    let file = inserted.image.filename.clone();
+    let image = Path::new(&file);
+    if !image.is_absolute() {
+        return Err(Error::Invalid(format!(
+            "disk {node}'s image {file:?} is not a local file; qsnap snapshots local images only"
+        )));
+    }
+    let stem = image.file_stem().and_then(|s| s.to_str()).unwrap_or("disk");
+    let dir = overlay_dir.map_or_else(|| image.parent().unwrap_or(Path::new("/")), |d| d);
+    Ok(DiskPlan {
+        device: block.qdev_id().map(str::to_owned),
+        format: inserted.image.format.clone(),
+        virtual_size: inserted.image.virtual_size,
+        cluster_size: inserted.image.cluster_size,
+        overlay: dir.join(format!("{stem}.{name}.qcow2")),
+        overlay_node: format!("qsnap-{tag}-{i}"),
+        file_node: format!("qsnap-{tag}-{i}-f"),
+        node,
+        file,
+    })
+}
+
+/// Refuses overlay paths that exist (files, symlinks, even dangling ones) and
+/// directories that cannot be written. Called again, atomically, by `O_EXCL` creation.
+pub(crate) fn check_paths(plans: &[DiskPlan]) -> Result<()> {
+    for plan in plans {
+        if std::fs::symlink_metadata(&plan.overlay).is_ok() {
+            return Err(Error::OverlayExists(plan.overlay.clone()));
+        }
+        let dir = plan.overlay.parent().unwrap_or(Path::new("/"));
+        if rustix::fs::access(dir, rustix::fs::Access::WRITE_OK).is_err() {
+            return Err(Error::OverlayDirNotWritable(dir.to_owned()));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn blocks() -> Vec<BlockInfo> {
+        let disk = |i: u32, ro: bool| {
+            json!({"device": "", "removable": false,
+                "qdev": format!("/machine/peripheral/vblk{i}/virtio-backend"),
+                "inserted": {"node-name": format!("disk{i}"), "file": format!("/vm/disk{i}.qcow2"),
+                    "ro": ro, "drv": "qcow2",
+                    "image": {"filename": format!("/vm/disk{i}.qcow2"), "format": "qcow2",
+                        "virtual-size": 1 << 26, "cluster-size": 65536}}})
+        };
+        let empty = json!({"device": "cd0", "removable": true});
+        serde_json::from_value(json!([
+            disk(0, false),
+            disk(1, false),
+            disk(2, true),
+            empty
+        ]))
+        .unwrap()
+    }
+
+    #[test]
+    fn default_selects_every_writable_disk_with_overlays_beside_the_images() {
+        let plans = select(&blocks(), &[], "s1", None, "ab").unwrap();
+        assert_eq!(plans.len(), 2);
+        assert_eq!(plans[1].node, "disk1");
+        assert_eq!(plans[1].device.as_deref(), Some("vblk1"));
+        assert_eq!(plans[1].overlay, Path::new("/vm/disk1.s1.qcow2"));
+        assert_eq!(plans[1].overlay_node, "qsnap-ab-1");
+        assert_eq!(plans[1].virtual_size, 1 << 26);
+        assert_eq!(plans[1].cluster_size, Some(65536));
+    }
+
+    #[test]
+    fn disks_are_chosen_by_node_or_qdev_id_without_duplicates() {
+        let wanted = ["vblk1".to_owned(), "disk1".to_owned(), "disk0".to_owned()];
+        let plans = select(&blocks(), &wanted, "s", Some(Path::new("/o")), "t").unwrap();
+        let nodes: Vec<_> = plans.iter().map(|p| p.node.as_str()).collect();
+        assert_eq!(nodes, ["disk1", "disk0"]);
+        assert_eq!(plans[0].overlay, Path::new("/o/disk1.s.qcow2"));
+    }
+
+    #[test]
+    fn unknown_disk_lists_the_real_ones() {
+        let err = select(&blocks(), &["vda".to_owned()], "s", None, "t").unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("no disk `vda`") && text.contains("disk0 (device vblk0)"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn names_that_could_escape_a_file_name_are_refused() {
+        for bad in ["", "../x", "a/b", ".hidden", "-x", "a b", &"x".repeat(65)] {
+            assert!(validate_name(bad).is_err(), "{bad:?}");
+        }
+        validate_name("nightly-2026.11_27").unwrap();
+        validate_name(&default_name()).unwrap();
+    }
+
+    #[test]
+    fn existing_file_symlink_and_readonly_dir_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut plan = select(&blocks(), &[], "s", Some(dir.path()), "t")
+            .unwrap()
+            .remove(0);
+        check_paths(std::slice::from_ref(&plan)).unwrap();
+        std::os::unix::fs::symlink("/nonexistent", &plan.overlay).unwrap();
+        assert!(matches!(
+            check_paths(&[plan.clone()]),
+            Err(Error::OverlayExists(_))
+        ));
+        plan.overlay = PathBuf::from("/proc/x.qcow2");
+        assert!(matches!(
+            check_paths(&[plan]),
+            Err(Error::OverlayDirNotWritable(_))
+        ));
+    }
+}
