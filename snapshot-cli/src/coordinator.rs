@@ -103,19 +103,19 @@ pub async fn snapshot(req: &SnapshotRequest, cancel: &CancellationToken) -> Resu
         None => plain_switch(&qmp, &disks, &mut report, cancel).await,
     };
     // `preferred`: a freeze that failed (and was thawed) falls back to crash-consistent.
-    if let Err(Error::QuiesceFailed { reason, source }) = &switched {
-        if req.quiesce == Quiesce::Preferred {
-            let detail = source
-                .as_ref()
-                .map(|s| format!(": {s}"))
-                .unwrap_or_default();
-            warn!("{reason}{detail}; taking a crash-consistent snapshot");
-            report
-                .warnings
-                .push(format!("not quiesced: {reason}{detail}"));
-            report.frozen_filesystems = 0;
-            switched = plain_switch(&qmp, &disks, &mut report, cancel).await;
-        }
+    if let Err(Error::QuiesceFailed { reason, source }) = &switched
+        && req.quiesce == Quiesce::Preferred
+    {
+        let detail = source
+            .as_ref()
+            .map(|s| format!(": {s}"))
+            .unwrap_or_default();
+        warn!("{reason}{detail}; taking a crash-consistent snapshot");
+        report
+            .warnings
+            .push(format!("not quiesced: {reason}{detail}"));
+        report.frozen_filesystems = 0;
+        switched = plain_switch(&qmp, &disks, &mut report, cancel).await;
     }
     match switched {
         Ok(()) => prepared.keep(),

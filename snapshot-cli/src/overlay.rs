@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::plan::DiskPlan;
 use qmp::commands::{
     BackingRef, BlockdevAdd, BlockdevCreate, BlockdevCreateOptions, BlockdevDel, BlockdevOptions,
-    JobDismiss, QueryBlock, QueryJobs,
+    JobCancel, JobDismiss, QueryBlock, QueryJobs,
 };
 use std::fs::OpenOptions;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
@@ -55,6 +55,8 @@ pub(crate) fn create_exclusive(path: &Path, like: &Path) -> Result<()> {
 
 #[derive(Debug, Default)]
 struct Created {
+    /// Create jobs started (a job, even concluded, holds its node until dismissed).
+    jobs: Vec<String>,
     /// Nodes added, in order.
     nodes: Vec<String>,
     /// Files created.
@@ -102,11 +104,14 @@ impl Prepared {
                 filename: plan.overlay.display().to_string(),
             },
         };
+        // Recorded before sending: a cancelled caller may never see the reply of a
+        // command QEMU carries out. Rollback runs later on the same connection, so
+        // QEMU executes it after this command either way.
+        self.record(|c| c.nodes.push(plan.file_node.clone()));
         self.qmp
             .execute(&add_file)
             .await
             .map_err(Error::failed("adding the overlay file node"))?;
-        self.record(|c| c.nodes.push(plan.file_node.clone()));
         self.format(plan).await?;
         let add_qcow2 = BlockdevAdd {
             node_name: plan.overlay_node.clone(),
@@ -115,11 +120,11 @@ impl Prepared {
                 backing: Some(BackingRef::Null),
             },
         };
+        self.record(|c| c.nodes.push(plan.overlay_node.clone()));
         self.qmp
             .execute(&add_qcow2)
             .await
             .map_err(Error::failed("adding the overlay node"))?;
-        self.record(|c| c.nodes.push(plan.overlay_node.clone()));
         Ok(())
     }
 
@@ -137,6 +142,7 @@ impl Prepared {
             },
         };
         let mut events = self.qmp.events();
+        self.record(|c| c.jobs.push(job_id.clone()));
         self.qmp
             .execute(&create)
             .await
@@ -162,7 +168,14 @@ impl Prepared {
             .await
             .map_err(Error::failed("checking the overlay's create job"))?;
         let job = jobs.into_iter().find(|j| j.id == job_id);
-        let _ = self.qmp.execute(&JobDismiss { id: job_id }).await;
+        if self
+            .qmp
+            .execute(&JobDismiss { id: job_id.clone() })
+            .await
+            .is_ok()
+        {
+            self.record(|c| c.jobs.retain(|j| *j != job_id));
+        }
         match job {
             Some(j) if j.status == "concluded" && j.error.is_none() => Ok(()),
             Some(j) => Err(Error::failed("formatting the overlay")(JobError(
@@ -209,7 +222,7 @@ impl Drop for Prepared {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner),
         );
-        if created.nodes.is_empty() && created.files.is_empty() {
+        if created.jobs.is_empty() && created.nodes.is_empty() && created.files.is_empty() {
             return;
         }
         let qmp = self.qmp.clone();
@@ -234,6 +247,7 @@ async fn rollback(qmp: &qmp::Client, created: Created) -> Vec<String> {
             return left;
         }
     }
+    settle_jobs(qmp, &created.jobs).await;
     let mut removed = Vec::new();
     for node in created.nodes.iter().rev() {
         match qmp
@@ -243,6 +257,8 @@ async fn rollback(qmp: &qmp::Client, created: Created) -> Vec<String> {
             .await
         {
             Ok(_) => removed.push(node.clone()),
+            // Recorded but never added (the add failed or never ran): nothing to undo.
+            Err(e) if is_no_such_node(&e) => removed.push(node.clone()),
             Err(e) => left.push(format!("node {node}: {e}")),
         }
     }
@@ -264,6 +280,37 @@ async fn rollback(qmp: &qmp::Client, created: Created) -> Vec<String> {
         warn!(?left, "rollback incomplete");
     }
     left
+}
+
+fn is_no_such_node(e: &qmp::Error) -> bool {
+    e.qmp_error().is_some_and(|q| {
+        q.desc.contains("Failed to find node") || q.desc.contains("Cannot find node")
+    })
+}
+
+/// Cancels this run's jobs that still run and dismisses them once concluded, so they
+/// release their nodes. Bounded: create jobs take milliseconds.
+async fn settle_jobs(qmp: &qmp::Client, ours: &[String]) {
+    let mut cancelled = Vec::new();
+    for _ in 0..250 {
+        let Ok(jobs) = qmp.execute(&QueryJobs).await else {
+            return;
+        };
+        let mine: Vec<_> = jobs.into_iter().filter(|j| ours.contains(&j.id)).collect();
+        if mine.is_empty() {
+            return;
+        }
+        for job in mine {
+            if job.status == "concluded" {
+                let _ = qmp.execute(&JobDismiss { id: job.id }).await;
+            } else if !cancelled.contains(&job.id) {
+                let _ = qmp.execute(&JobCancel { id: job.id.clone() }).await;
+                cancelled.push(job.id);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    warn!(?ours, "jobs did not conclude");
 }
 
 /// A QMP job that ended with an error.

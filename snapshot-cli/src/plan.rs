@@ -149,7 +149,7 @@ fn disk_plan(
         )));
     }
     let stem = image.file_stem().and_then(|s| s.to_str()).unwrap_or("disk");
-    let dir = overlay_dir.map_or_else(|| image.parent().unwrap_or(Path::new("/")), |d| d);
+    let dir = overlay_dir.unwrap_or_else(|| image.parent().unwrap_or(Path::new("/")));
     Ok(DiskPlan {
         device: block.qdev_id().map(str::to_owned),
         format: inserted.image.format.clone(),

@@ -1,0 +1,267 @@
+//! Faults: each ends with the guest thawed and no stray files or nodes.
+
+use crate::*;
+use qmp::commands::BlockdevSnapshotSync;
+use qsnap::{BeforeFreeze, CancellationToken, Consistency, Error, Quiesce};
+use qsnap_tests::Agent;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+use std::time::Instant;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+#[tokio::test]
+async fn existing_file_at_an_overlay_path_is_never_modified() {
+    within(180, async {
+        let vm = booted(QemuVm::builder().disks(2)).await;
+        let taken = vm.dir().join("disk1.keep.qcow2");
+        std::fs::write(&taken, b"precious bytes").unwrap();
+        let err = qsnap::snapshot(&request(&vm, "keep"), &CancellationToken::new())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::OverlayExists(ref p) if *p == taken),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("never overwrites"));
+        assert_eq!(std::fs::read(&taken).unwrap(), b"precious bytes");
+        std::fs::remove_file(&taken).unwrap();
+        assert_nothing_left(&vm, "keep").await;
+    })
+    .await;
+}
+
+/// Someone else snapshots disk0 between the plan and the freeze: disk0 is no longer
+/// the active node, so the transaction fails — and must leave nothing behind.
+#[tokio::test]
+async fn transaction_failure_rolls_back_and_thaws() {
+    within(180, async {
+        let vm = booted(QemuVm::builder().disks(2)).await;
+        let intruder = vm.dir().join("intruder.qcow2").display().to_string();
+        let mut req = request(&vm, "tx");
+        req.before_freeze = Some(BeforeFreeze(Arc::new(move |qmp: qmp::Client| {
+            let file = intruder.clone();
+            Box::pin(async move {
+                qmp.execute(&BlockdevSnapshotSync {
+                    node_name: Some("disk0".into()),
+                    snapshot_file: file,
+                    snapshot_node_name: Some("intruder".into()),
+                    format: Some("qcow2".into()),
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            })
+        })));
+        let err = qsnap::snapshot(&req, &CancellationToken::new())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::SnapshotFailed { .. }), "{err:?}");
+        assert_eq!(err.exit_code(), 4);
+        let chain = format!("{:#}", anyhow::Error::from(err));
+        assert!(chain.contains("busy") || chain.contains("disk0"), "{chain}");
+        assert_nothing_left(&vm, "tx").await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn absent_agent_required_fails_before_any_change() {
+    within(120, async {
+        let vm = QemuVm::builder()
+            .agent(Agent::Absent)
+            .start()
+            .await
+            .unwrap();
+        let mut req = request(&vm, "na");
+        req.agent_timeout = Duration::from_secs(2);
+        let start = Instant::now();
+        let err = qsnap::snapshot(&req, &CancellationToken::new())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::QuiesceUnavailable { .. }), "{err:?}");
+        assert_eq!(err.exit_code(), 3);
+        assert!(start.elapsed() < Duration::from_secs(10));
+        assert_eq!(overlay_files(&vm, "na"), Vec::<String>::new());
+        assert_eq!(qsnap_nodes(&vm).await, Vec::<String>::new());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn absent_agent_preferred_takes_a_crash_consistent_snapshot_and_says_so() {
+    within(120, async {
+        let vm = QemuVm::builder()
+            .agent(Agent::Absent)
+            .start()
+            .await
+            .unwrap();
+        let mut req = request(&vm, "pf").quiesce(Quiesce::Preferred);
+        req.agent_timeout = Duration::from_secs(2);
+        let report = qsnap::snapshot(&req, &CancellationToken::new())
+            .await
+            .unwrap();
+        assert_eq!(report.consistency, Consistency::CrashConsistent);
+        assert!(
+            report.warnings.iter().any(|w| w.contains("not quiesced")),
+            "{:?}",
+            report.warnings
+        );
+        assert_eq!(overlay_files(&vm, "pf").len(), 2);
+    })
+    .await;
+}
+
+/// A fake qemu-ga on its own socket: answers everything but never the freeze (a hung
+/// fsfreeze hook). Records whether a thaw arrived.
+async fn hanging_agent(path: std::path::PathBuf, thawed: Arc<AtomicBool>) {
+    let listener = tokio::net::UnixListener::bind(&path).unwrap();
+    let (stream, _) = listener.accept().await.unwrap();
+    let (read, mut write) = stream.into_split();
+    let mut lines = BufReader::new(read).split(b'\n');
+    while let Ok(Some(raw)) = lines.next_segment().await {
+        let line: Vec<u8> = raw.into_iter().filter(|&b| b != 0xFF).collect();
+        let Ok(req) = serde_json::from_slice::<serde_json::Value>(&line) else {
+            continue;
+        };
+        let reply = match req["execute"].as_str().unwrap_or("") {
+            "guest-sync-delimited" => {
+                let mut bytes = vec![0xFF];
+                bytes.extend(format!("{{\"return\": {}}}\n", req["arguments"]["id"]).bytes());
+                write.write_all(&bytes).await.unwrap();
+                continue;
+            }
+            "guest-info" => json!({"version": "fake", "supported_commands": [
+                {"name": "guest-fsfreeze-freeze", "enabled": true, "success-response": true}]}),
+            "guest-fsfreeze-status" => json!("thawed"),
+            "guest-get-osinfo" => json!({"id": "fake"}),
+            "guest-fsfreeze-freeze" => continue, // hangs
+            "guest-fsfreeze-thaw" => {
+                thawed.store(true, Ordering::SeqCst);
+                json!(0)
+            }
+            _ => json!({}),
+        };
+        let mut out = serde_json::to_vec(&json!({ "return": reply })).unwrap();
+        out.push(b'\n');
+        write.write_all(&out).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn agent_hanging_on_freeze_hits_the_deadline_and_is_thawed() {
+    within(120, async {
+        let vm = QemuVm::builder()
+            .agent(Agent::Absent)
+            .start()
+            .await
+            .unwrap();
+        let fake = vm.dir().join("fake-qga.sock");
+        let thawed = Arc::new(AtomicBool::new(false));
+        tokio::spawn(hanging_agent(fake.clone(), thawed.clone()));
+        let mut req = request(&vm, "hang").qga(&fake);
+        req.freeze_timeout = Duration::from_secs(1);
+        let start = Instant::now();
+        let err = qsnap::snapshot(&req, &CancellationToken::new())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::QuiesceFailed { .. }), "{err:?}");
+        assert_eq!(err.exit_code(), 3);
+        assert!(thawed.load(Ordering::SeqCst), "no thaw was sent");
+        assert!(
+            start.elapsed() < Duration::from_secs(8),
+            "{:?}",
+            start.elapsed()
+        );
+        assert_eq!(overlay_files(&vm, "hang"), Vec::<String>::new());
+        assert_eq!(qsnap_nodes(&vm).await, Vec::<String>::new());
+    })
+    .await;
+}
+
+/// Polls the inner future at most `left` times, then drops it (a cancelled caller).
+struct PollLimit<F: Future> {
+    inner: Pin<Box<F>>,
+    left: usize,
+}
+
+impl<F: Future> Future for PollLimit<F> {
+    type Output = Option<F::Output>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if self.left == 0 {
+            return Poll::Ready(None);
+        }
+        self.left -= 1;
+        self.inner.as_mut().poll(cx).map(Some)
+    }
+}
+
+/// Waits until the guest is thawed and this run left either nothing (rolled back) or a
+/// whole snapshot: both overlays active, their files present (it completed before the
+/// drop). `before` are the qsnap nodes earlier runs left as active disks.
+async fn settled(vm: &QemuVm, name: &str, before: &[String]) -> bool {
+    let mut state = String::new();
+    for _ in 0..100 {
+        let status = fsstatus(vm).await;
+        let new: Vec<String> = qsnap_nodes(vm)
+            .await
+            .into_iter()
+            .filter(|n| !before.contains(n))
+            .collect();
+        let files = overlay_files(vm, name);
+        if status == FsfreezeStatus::Thawed {
+            if new.is_empty() && files.is_empty() {
+                return false;
+            }
+            let qmp = vm.qmp().await.unwrap();
+            let blocks = qmp.execute(&qmp::commands::QueryBlock).await.unwrap();
+            let active = blocks
+                .iter()
+                .filter_map(|b| b.inserted.as_ref()?.node_name.clone())
+                .filter(|n| new.contains(n))
+                .count();
+            if active == 2 && new.len() == 4 && files.len() == 2 {
+                return true;
+            }
+        }
+        state = format!("{status:?}, new nodes {new:?}, files {files:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("snapshot {name}: the VM did not settle: {state}");
+}
+
+#[tokio::test]
+async fn cancelled_after_any_number_of_polls_the_guest_ends_thawed() {
+    within(1200, async {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_env("QSNAP_LOG"))
+            .with_test_writer()
+            .try_init();
+        let vm = booted(QemuVm::builder().disks(2)).await;
+        let mut completed_early = 0;
+        for i in 1.. {
+            let name = format!("p{i}");
+            let before = qsnap_nodes(&vm).await;
+            let mut req = request(&vm, &name);
+            req.guardian = None; // this test is about the in-process paths
+            let token = CancellationToken::new();
+            let limited = PollLimit {
+                inner: Box::pin(qsnap::snapshot(&req, &token)),
+                left: i,
+            };
+            tracing::info!(i, "polling");
+            if let Some(result) = limited.await {
+                result.unwrap();
+                eprintln!("completed after {i} polls; {completed_early} cancellations left a complete snapshot");
+                assert!(i > 5, "the snapshot should need more than a few polls");
+                break;
+            }
+            if settled(&vm, &name, &before).await {
+                completed_early += 1;
+            }
+        }
+        assert_eq!(fsstatus(&vm).await, FsfreezeStatus::Thawed);
+    })
+    .await;
+}
