@@ -53,6 +53,35 @@ pub(crate) fn create_exclusive(path: &Path, like: &Path) -> Result<()> {
     Ok(())
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exclusive_creation_never_touches_an_existing_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let like = dir.path().join("active.qcow2");
+        std::fs::write(&like, b"image").unwrap();
+        std::fs::set_permissions(&like, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let taken = dir.path().join("taken.qcow2");
+        std::fs::write(&taken, b"known content").unwrap();
+        let err = create_exclusive(&taken, &like).unwrap_err();
+        assert!(matches!(err, Error::OverlayExists(_)), "{err:?}");
+        assert_eq!(std::fs::read(&taken).unwrap(), b"known content");
+        let link = dir.path().join("link.qcow2");
+        std::os::unix::fs::symlink(&like, &link).unwrap();
+        assert!(matches!(
+            create_exclusive(&link, &like),
+            Err(Error::OverlayExists(_))
+        ));
+        assert_eq!(std::fs::read(&like).unwrap(), b"image");
+        let fresh = dir.path().join("fresh.qcow2");
+        create_exclusive(&fresh, &like).unwrap();
+        let meta = std::fs::metadata(&fresh).unwrap();
+        assert_eq!((meta.len(), meta.mode() & 0o777), (0, 0o640));
+    }
+}
+
 #[derive(Debug, Default)]
 struct Created {
     /// Create jobs started (a job, even concluded, holds its node until dismissed).

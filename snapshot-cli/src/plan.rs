@@ -164,14 +164,33 @@ fn disk_plan(
 }
 
 /// Refuses overlay paths that exist (files, symlinks, even dangling ones) and
-/// directories that cannot be written. Called again, atomically, by `O_EXCL` creation.
+/// directories that are missing or cannot be written. Creation with `O_EXCL` checks
+/// again, atomically.
 pub(crate) fn check_paths(plans: &[DiskPlan]) -> Result<()> {
     for plan in plans {
         if std::fs::symlink_metadata(&plan.overlay).is_ok() {
             return Err(Error::OverlayExists(plan.overlay.clone()));
         }
         let dir = plan.overlay.parent().unwrap_or(Path::new("/"));
-        if rustix::fs::access(dir, rustix::fs::Access::WRITE_OK).is_err() {
+        match std::fs::metadata(dir) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                return Err(Error::Invalid(format!(
+                    "{} is not a directory",
+                    dir.display()
+                )));
+            }
+            Err(_) => {
+                return Err(Error::Invalid(format!(
+                    "overlay directory {} does not exist; create it first",
+                    dir.display()
+                )));
+            }
+        }
+        // access() answers yes to root everywhere but on a read-only filesystem.
+        let read_only = rustix::fs::statvfs(dir)
+            .is_ok_and(|v| v.f_flag.contains(rustix::fs::StatVfsMountFlags::RDONLY));
+        if read_only || rustix::fs::access(dir, rustix::fs::Access::WRITE_OK).is_err() {
             return Err(Error::OverlayDirNotWritable(dir.to_owned()));
         }
     }
@@ -243,7 +262,7 @@ mod tests {
     }
 
     #[test]
-    fn existing_file_symlink_and_readonly_dir_are_refused() {
+    fn existing_file_dangling_symlink_and_missing_dir_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let mut plan = select(&blocks(), &[], "s", Some(dir.path()), "t")
             .unwrap()
@@ -251,13 +270,14 @@ mod tests {
         check_paths(std::slice::from_ref(&plan)).unwrap();
         std::os::unix::fs::symlink("/nonexistent", &plan.overlay).unwrap();
         assert!(matches!(
-            check_paths(&[plan.clone()]),
+            check_paths(std::slice::from_ref(&plan)),
             Err(Error::OverlayExists(_))
         ));
-        plan.overlay = PathBuf::from("/proc/x.qcow2");
-        assert!(matches!(
-            check_paths(&[plan]),
-            Err(Error::OverlayDirNotWritable(_))
-        ));
+        plan.overlay = dir.path().join("missing/x.qcow2");
+        let err = check_paths(std::slice::from_ref(&plan)).unwrap_err();
+        assert!(err.to_string().contains("does not exist"), "{err}");
+        std::fs::write(dir.path().join("missing"), b"a file").unwrap();
+        let err = check_paths(&[plan]).unwrap_err();
+        assert!(err.to_string().contains("not a directory"), "{err}");
     }
 }
