@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-/// How long to wait for a transaction's real outcome after its freeze deadline passed.
+/// How long a transaction may take in all: past the freeze deadline it is still
+/// awaited this long to learn whether the disks switched.
 const LATE_TRANSACTION_WAIT: Duration = Duration::from_secs(60);
 
 fn ms(d: Duration) -> f64 {
@@ -193,16 +194,28 @@ async fn frozen_switch(
     };
     report.guardian = guardian.is_some();
     let tx = transaction(disks);
+    // Built before the freeze; polled only once frozen. It is not dropped at the
+    // deadline: QEMU may still complete it, and we must learn whether it did.
+    let call = qmp.execute_with_timeout(&tx, LATE_TRANSACTION_WAIT);
+    tokio::pin!(call);
     let mut guard = FreezeGuard::arm(&agent.client);
 
     let freeze_sent = Instant::now();
     let deadline = tokio::time::Instant::now() + budget;
     let frozen = interruptible(cancel, agent.freeze(&req.mountpoints, budget)).await;
     let freeze_reply = Instant::now();
+    let mut in_flight = false;
     let outcome = match frozen {
         Ok(Ok(n)) if n > 0 => {
             report.frozen_filesystems = n;
-            switch_while_frozen(req, qmp, tx, deadline, cancel).await
+            match hold(req, deadline, cancel).await {
+                Ok(()) => {
+                    // From here the transaction may have reached QEMU.
+                    in_flight = true;
+                    switch_until(req, call.as_mut(), deadline, cancel).await
+                }
+                Err(e) => Err(e),
+            }
         }
         Ok(Ok(_)) => Err(Error::QuiesceFailed {
             reason: "the guest froze no filesystem (check --mountpoint)".into(),
@@ -232,13 +245,25 @@ async fn frozen_switch(
     t.frozen_window = ms(thaw_reply - freeze_sent);
     t.in_freeze_overhead = ms(thaw_sent - freeze_reply);
 
-    let switch = outcome?;
+    let switched = match outcome {
+        Ok(took) => Some(took),
+        // Abandoned while the transaction was in flight: now that the guest is
+        // thawed, learn whether QEMU switched the disks after all.
+        Err(abandoned) if in_flight && !matches!(abandoned, Error::SnapshotFailed { .. }) => {
+            warn!("transaction still in flight when the freeze was abandoned");
+            match call.await {
+                Ok(_) => None,
+                Err(_) => return Err(abandoned),
+            }
+        }
+        Err(e) => return Err(e),
+    };
     confirmed?;
-    match switch {
-        Switch::Done(t) => report.timings_ms.transaction = ms(t),
-        Switch::Late => {
+    match switched {
+        Some(took) => report.timings_ms.transaction = ms(took),
+        None => {
             return Err(Error::NotConsistent {
-                reason: "the disks switched only after the freeze deadline; the overlays are in place but crash-consistent".into(),
+                reason: "the disks switched only after the freeze was abandoned; the overlays are in place but crash-consistent".into(),
                 report: Box::new(report.clone()),
             });
         }
@@ -246,50 +271,43 @@ async fn frozen_switch(
     verify_thaw(req, thawed, report)
 }
 
-/// How the switch ended while frozen.
-enum Switch {
-    /// The transaction returned in time.
-    Done(Duration),
-    /// The deadline passed first, and QEMU completed the transaction later anyway.
-    Late,
-}
-
-/// Runs the transaction under the freeze deadline. If the deadline passes (or the run
-/// is interrupted) first, the transaction's real outcome is still awaited — QEMU may
-/// complete it — so the caller knows whether the disks switched.
-async fn switch_while_frozen(
+/// Testing aid: stays frozen `hold_frozen` (bounded by the deadline) before switching.
+async fn hold(
     req: &SnapshotRequest,
-    qmp: &qmp::Client,
-    tx: Transaction,
     deadline: tokio::time::Instant,
     cancel: &CancellationToken,
-) -> Result<Switch> {
+) -> Result<()> {
     if !req.hold_frozen.is_zero() {
         info!(hold = ?req.hold_frozen, "frozen; holding (testing aid)");
         let until = deadline.min(tokio::time::Instant::now() + req.hold_frozen);
         interruptible(cancel, tokio::time::sleep_until(until)).await?;
     }
-    let failed = Error::failed("switching the disks (transaction)");
+    Ok(())
+}
+
+/// Polls the transaction until it returns, the deadline passes, or the run is
+/// interrupted (errors; the call then stays pending for the caller).
+async fn switch_until<F>(
+    req: &SnapshotRequest,
+    mut call: std::pin::Pin<&mut F>,
+    deadline: tokio::time::Instant,
+    cancel: &CancellationToken,
+) -> Result<Duration>
+where
+    F: Future<Output = qmp::Result<qmp::wire::Empty>>,
+{
     let start = Instant::now();
-    let client = qmp.clone();
-    let mut task = tokio::spawn(async move { client.execute(&tx).await });
-    let abandoned = tokio::select! {
+    tokio::select! {
         biased;
-        () = cancel.cancelled() => Error::Interrupted,
-        () = tokio::time::sleep_until(deadline) => Error::QuiesceFailed {
-            reason: format!("the freeze deadline ({:?}) passed before the disks switched", req.freeze_timeout),
-            source: None,
-        },
-        joined = &mut task => return match joined {
-            Ok(Ok(_)) => Ok(Switch::Done(start.elapsed())),
-            Ok(Err(e)) => Err(failed(e)),
+        result = &mut call => match result {
+            Ok(_) => Ok(start.elapsed()),
             Err(e) => Err(Error::failed("switching the disks (transaction)")(e)),
         },
-    };
-    warn!("transaction still in flight at the freeze deadline or interrupt");
-    match tokio::time::timeout(LATE_TRANSACTION_WAIT, task).await {
-        Ok(Ok(Ok(_))) => Ok(Switch::Late),
-        _ => Err(abandoned),
+        () = cancel.cancelled() => Err(Error::Interrupted),
+        () = tokio::time::sleep_until(deadline) => Err(Error::QuiesceFailed {
+            reason: format!("the freeze deadline ({:?}) passed before the disks switched", req.freeze_timeout),
+            source: None,
+        }),
     }
 }
 

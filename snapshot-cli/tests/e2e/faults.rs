@@ -113,9 +113,17 @@ async fn absent_agent_preferred_takes_a_crash_consistent_snapshot_and_says_so() 
     .await;
 }
 
-/// A fake qemu-ga on its own socket: answers everything but never the freeze (a hung
-/// fsfreeze hook). Records whether a thaw arrived.
-async fn hanging_agent(path: std::path::PathBuf, thawed: Arc<AtomicBool>) {
+/// How a fake agent misbehaves.
+#[derive(Clone, Copy, PartialEq)]
+enum Fake {
+    /// Never answers the freeze (a hung fsfreeze hook).
+    HangOnFreeze,
+    /// A Windows guest whose VSS thawed by itself: the thaw fails with its 10 s error.
+    WindowsAutoThaw,
+}
+
+/// A fake qemu-ga on its own socket. Records whether a thaw arrived.
+async fn fake_agent(path: std::path::PathBuf, fake: Fake, thawed: Arc<AtomicBool>) {
     let listener = tokio::net::UnixListener::bind(&path).unwrap();
     let (stream, _) = listener.accept().await.unwrap();
     let (read, mut write) = stream.into_split();
@@ -135,10 +143,20 @@ async fn hanging_agent(path: std::path::PathBuf, thawed: Arc<AtomicBool>) {
             "guest-info" => json!({"version": "fake", "supported_commands": [
                 {"name": "guest-fsfreeze-freeze", "enabled": true, "success-response": true}]}),
             "guest-fsfreeze-status" => json!("thawed"),
+            "guest-get-osinfo" if fake == Fake::WindowsAutoThaw => json!({"id": "mswindows"}),
             "guest-get-osinfo" => json!({"id": "fake"}),
-            "guest-fsfreeze-freeze" => continue, // hangs
+            "guest-fsfreeze-freeze" if fake == Fake::HangOnFreeze => continue,
+            "guest-fsfreeze-freeze" => json!(1),
             "guest-fsfreeze-thaw" => {
                 thawed.store(true, Ordering::SeqCst);
+                if fake == Fake::WindowsAutoThaw {
+                    let error = json!({"error": {"class": "GenericError",
+                        "desc": "couldn't hold writes: fsfreeze is limited up to 10 seconds:  (error: 80042314)"}});
+                    let mut out = serde_json::to_vec(&error).unwrap();
+                    out.push(b'\n');
+                    write.write_all(&out).await.unwrap();
+                    continue;
+                }
                 json!(0)
             }
             _ => json!({}),
@@ -159,7 +177,7 @@ async fn agent_hanging_on_freeze_hits_the_deadline_and_is_thawed() {
             .unwrap();
         let fake = vm.dir().join("fake-qga.sock");
         let thawed = Arc::new(AtomicBool::new(false));
-        tokio::spawn(hanging_agent(fake.clone(), thawed.clone()));
+        tokio::spawn(fake_agent(fake.clone(), Fake::HangOnFreeze, thawed.clone()));
         let mut req = request(&vm, "hang").qga(&fake);
         req.freeze_timeout = Duration::from_secs(1);
         let start = Instant::now();
@@ -176,6 +194,43 @@ async fn agent_hanging_on_freeze_hits_the_deadline_and_is_thawed() {
         );
         assert_eq!(overlay_files(&vm, "hang"), Vec::<String>::new());
         assert_eq!(qsnap_nodes(&vm).await, Vec::<String>::new());
+    })
+    .await;
+}
+
+/// Windows' VSS thaws by itself after 10 s; a later thaw fails with that message. The
+/// snapshot switched, so its overlays stay, but it must not be called consistent.
+#[tokio::test]
+async fn windows_guest_that_thawed_by_itself_is_reported_not_consistent() {
+    within(120, async {
+        let vm = QemuVm::builder()
+            .agent(Agent::Absent)
+            .start()
+            .await
+            .unwrap();
+        let fake = vm.dir().join("fake-qga.sock");
+        let thawed = Arc::new(AtomicBool::new(false));
+        tokio::spawn(fake_agent(
+            fake.clone(),
+            Fake::WindowsAutoThaw,
+            thawed.clone(),
+        ));
+        let req = request(&vm, "win").qga(&fake);
+        let err = qsnap::snapshot(&req, &CancellationToken::new())
+            .await
+            .unwrap_err();
+        let Error::NotConsistent { reason, report } = &err else {
+            panic!("{err:?}")
+        };
+        assert!(reason.contains("10-second"), "{reason}");
+        assert_eq!(err.exit_code(), 4);
+        assert!(thawed.load(Ordering::SeqCst));
+        assert_eq!(report.disks.len(), 2);
+        assert_eq!(
+            overlay_files(&vm, "win").len(),
+            2,
+            "a switched snapshot is kept"
+        );
     })
     .await;
 }

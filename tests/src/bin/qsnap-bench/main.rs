@@ -14,14 +14,20 @@ use std::time::{Duration, Instant};
 
 const ROUNDS: usize = 6;
 const PER_ROUND: usize = 1000;
+const SNAPSHOT_RUNS: usize = 10;
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<()> {
     let vm = QemuVm::start().await?;
-    println!("qsnap benchmarks ({} rounds, interleaved)\n", ROUNDS);
+    println!("qsnap benchmarks (baselines interleaved with qsnap in the same run)\n");
     qmp_round_trip(&vm).await?;
+    drop(vm);
+    println!();
+    snapshot::in_freeze_overhead(SNAPSHOT_RUNS).await?;
     Ok(())
 }
+
+mod snapshot;
 
 /// `query-status` round trips: raw blocking socket (baseline) vs `qmp::Client`.
 async fn qmp_round_trip(vm: &QemuVm) -> Result<()> {
@@ -78,7 +84,7 @@ fn raw_round(path: &Path) -> Result<Vec<Duration>> {
     Ok(times)
 }
 
-fn stats(samples: &mut [Duration]) -> (Duration, Duration) {
+pub(crate) fn stats(samples: &mut [Duration]) -> (Duration, Duration) {
     samples.sort_unstable();
     let at = |q: f64| samples[((samples.len() - 1) as f64 * q) as usize];
     (at(0.5), at(0.99))
