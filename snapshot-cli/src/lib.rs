@@ -45,6 +45,7 @@
 //! Local image files only (no `json:` or network filenames). Windows guests: the
 //! budget is capped below VSS's own 10-second limit.
 
+pub mod commit;
 mod coordinator;
 mod error;
 mod freeze;
@@ -55,6 +56,7 @@ mod plan;
 mod report;
 mod request;
 
+pub use commit::{CommitReport, CommitRequest, commit};
 pub use coordinator::snapshot;
 pub use error::{Error, Result};
 pub use lock::VmLock;

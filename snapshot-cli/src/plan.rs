@@ -65,11 +65,7 @@ pub(crate) fn select(
     } else {
         let mut chosen: Vec<&BlockInfo> = Vec::new();
         for want in wanted {
-            let found = candidates
-                .iter()
-                .copied()
-                .find(|b| matches(b, want))
-                .ok_or_else(|| not_found(want, &candidates))?;
+            let found = find(&candidates, want)?;
             if !chosen.iter().any(|c| std::ptr::eq(*c, found)) {
                 chosen.push(found);
             }
@@ -95,6 +91,15 @@ pub(crate) fn select(
         }
     }
     Ok(plans)
+}
+
+/// The disk named `want` (active node-name, qdev id, or legacy drive name).
+pub(crate) fn find<'a>(candidates: &[&'a BlockInfo], want: &str) -> Result<&'a BlockInfo> {
+    candidates
+        .iter()
+        .copied()
+        .find(|b| matches(b, want))
+        .ok_or_else(|| not_found(want, candidates))
 }
 
 fn matches(block: &BlockInfo, want: &str) -> bool {
