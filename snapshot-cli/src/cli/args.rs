@@ -49,6 +49,8 @@ pub(crate) struct Global {
 pub(crate) enum Cmd {
     /// Take a filesystem-consistent snapshot of the VM's disks (freeze, switch, thaw).
     Snapshot(SnapshotArgs),
+    /// Show QEMU's version and run state, each disk's backing chain, and the agent.
+    Info,
     /// Check that the guest agent answers.
     Ping,
     /// Freeze the guest's filesystems (remember to thaw!).
@@ -61,6 +63,31 @@ pub(crate) enum Cmd {
     Thaw,
     /// Show whether the guest's filesystems are frozen.
     Fsstatus,
+    /// Merge a disk's active overlay back into its backing image, live.
+    Commit(CommitArgs),
+    /// Run a raw QMP command and print its reply (escape hatch).
+    Qmp {
+        /// The command, e.g. query-status.
+        command: String,
+        /// Its arguments as a JSON object.
+        args: Option<String>,
+    },
+    /// Run a raw guest-agent command and print its reply (escape hatch).
+    Qga {
+        /// The command, e.g. guest-info.
+        command: String,
+        /// Its arguments as a JSON object.
+        args: Option<String>,
+    },
+    /// Print QMP events as JSON lines until interrupted or QEMU exits.
+    Events,
+    /// Print a shell completion script.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), generated from these same definitions.
+    Man,
     /// Internal: the out-of-process guardian that thaws if the coordinator dies.
     #[command(hide = true)]
     Guardian(GuardianArgs),
@@ -96,6 +123,19 @@ pub(crate) struct SnapshotArgs {
     /// Testing aid: stay frozen this long before switching.
     #[arg(long, value_parser = parse_duration, hide = true, default_value = "0s")]
     pub(crate) debug_hold_frozen: Duration,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CommitArgs {
+    /// The disk, by its active node-name or qdev id.
+    #[arg(long, value_name = "NODE|ID")]
+    pub(crate) disk: String,
+    /// The node to commit from (default: the active overlay).
+    #[arg(long, value_name = "NODE")]
+    pub(crate) top: Option<String>,
+    /// The node to commit into (default: the backing node of --top, one level down).
+    #[arg(long, value_name = "NODE")]
+    pub(crate) base: Option<String>,
 }
 
 #[derive(Debug, Args)]

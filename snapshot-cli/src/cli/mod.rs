@@ -2,7 +2,11 @@
 
 mod agent;
 mod args;
+mod commit;
+mod docs;
+mod info;
 mod output;
+mod raw;
 mod snapshot;
 
 use anyhow::{Context, Result};
@@ -89,7 +93,14 @@ async fn run(cli: Cli) -> Result<()> {
     let g = &cli.global;
     match cli.command {
         Cmd::Snapshot(args) => snapshot::run(g, args, &cancel).await,
+        Cmd::Info => info::run(g, &cancel).await,
         Cmd::Ping => agent::ping(g, &cancel).await,
+        Cmd::Commit(args) => commit::run(g, args, &cancel).await,
+        Cmd::Qmp { command, args } => raw::qmp(g, &command, args.as_deref(), &cancel).await,
+        Cmd::Qga { command, args } => raw::qga(g, &command, args.as_deref(), &cancel).await,
+        Cmd::Events => raw::events(g, &cancel).await,
+        Cmd::Completions { shell } => docs::completions(shell),
+        Cmd::Man => docs::man(),
         Cmd::Freeze { mountpoints } => agent::freeze(g, mountpoints, &cancel).await,
         Cmd::Thaw => agent::thaw(g, &cancel).await,
         Cmd::Fsstatus => agent::fsstatus(g, &cancel).await,

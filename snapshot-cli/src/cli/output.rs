@@ -1,21 +1,36 @@
 //! Printing results: one JSON object on stdout with `--json`, text otherwise.
-
-#![allow(clippy::print_stdout, reason = "the CLI's output goes to stdout")]
+//!
+//! A reader that goes away (`qsnap info | head -1`) is not an error: output stops
+//! quietly, as with any Unix tool.
 
 use serde::Serialize;
 use serde_json::json;
+use std::io::Write;
+
+/// Writes one line to stdout; `false` once the reader is gone.
+pub(crate) fn line(text: &str) -> bool {
+    let mut out = std::io::stdout().lock();
+    match writeln!(out, "{text}").and_then(|()| out.flush()) {
+        Ok(()) => true,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => false,
+        Err(e) => {
+            eprintln!("qsnap: error: cannot write to stdout: {e}");
+            false
+        }
+    }
+}
 
 /// Prints `value` as JSON, or the text `human` builds.
 pub(crate) fn emit<T: Serialize>(json: bool, value: &T, human: impl FnOnce(&T) -> String) {
     if json {
         match serde_json::to_string(value) {
-            Ok(s) => println!("{s}"),
+            Ok(s) => drop(line(&s)),
             Err(e) => eprintln!("qsnap: error: cannot encode the result: {e}"),
         }
     } else {
         let text = human(value);
         if !text.is_empty() {
-            println!("{text}");
+            line(&text);
         }
     }
 }
@@ -26,9 +41,6 @@ pub(crate) fn error(json: bool, e: &anyhow::Error, code: u8) {
     eprintln!("qsnap: error: {e:#}");
     if json {
         let chain: Vec<String> = e.chain().map(ToString::to_string).collect();
-        println!(
-            "{}",
-            json!({"error": format!("{e:#}"), "causes": chain, "exit_code": code})
-        );
+        line(&json!({"error": format!("{e:#}"), "causes": chain, "exit_code": code}).to_string());
     }
 }
