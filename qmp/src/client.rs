@@ -119,7 +119,7 @@ impl Client {
 
     /// Subscribes to events. Only events that arrive after this call are seen.
     pub fn events(&self) -> Events {
-        Events::new(self.shared.events.subscribe())
+        Events::new(self.shared.subscribe())
     }
 
     /// Why the connection closed, or `None` while it is open.

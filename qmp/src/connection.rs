@@ -22,25 +22,38 @@ use tracing::{debug, trace, warn};
 /// What the reader sends a waiting caller.
 pub(crate) type Reply = Result<Value, QmpError>;
 
-#[derive(Default)]
 struct State {
     pending: HashMap<u64, oneshot::Sender<Reply>>,
     closed: Option<Disconnect>,
+    /// Dropped when the connection closes, so subscribers see the end of the stream
+    /// (after the events still buffered).
+    events: Option<broadcast::Sender<Event>>,
 }
 
 /// State shared by the handles and the two tasks.
 pub(crate) struct Shared {
     state: Mutex<State>,
     next_id: AtomicU64,
-    pub(crate) events: broadcast::Sender<Event>,
 }
 
 impl Shared {
     pub(crate) fn new(event_capacity: usize) -> Self {
+        let state = State {
+            pending: HashMap::new(),
+            closed: None,
+            events: Some(broadcast::channel(event_capacity).0),
+        };
         Self {
-            state: Mutex::new(State::default()),
+            state: Mutex::new(state),
             next_id: AtomicU64::new(1),
-            events: broadcast::channel(event_capacity).0,
+        }
+    }
+
+    /// A new subscription; one that ends at once when the connection is closed.
+    pub(crate) fn subscribe(&self) -> broadcast::Receiver<Event> {
+        match &self.lock().events {
+            Some(tx) => tx.subscribe(),
+            None => broadcast::channel(1).1,
         }
     }
 
@@ -79,13 +92,13 @@ impl Shared {
 
     /// Records the first cause and fails every pending call (their senders drop).
     pub(crate) fn close(&self, cause: Disconnect) {
-        let pending = {
+        let (pending, events) = {
             let mut state = self.lock();
             state.closed.get_or_insert(cause);
-            std::mem::take(&mut state.pending)
+            (std::mem::take(&mut state.pending), state.events.take())
         };
         debug!(pending = pending.len(), "qmp connection closed");
-        drop(pending);
+        drop((pending, events));
     }
 
     fn complete(&self, id: Option<Value>, reply: Reply) {
@@ -107,7 +120,9 @@ impl Shared {
             Ok(Message::Event(event)) => {
                 trace!(event = %event.event, "event");
                 // No subscriber is not an error: events are optional.
-                drop(self.events.send(event));
+                if let Some(tx) = &self.lock().events {
+                    drop(tx.send(event));
+                }
             }
             Ok(Message::Greeting(_)) => warn!("unexpected second greeting, ignored"),
             Err(e) => warn!(error = %e, len = line.len(), "unparseable message, ignored"),

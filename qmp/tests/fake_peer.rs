@@ -329,6 +329,26 @@ async fn unparseable_line_and_unknown_id_are_ignored() {
     .await;
 }
 
+/// QEMU exits (e.g. the guest powered off) right after an event.
+#[tokio::test]
+async fn event_stream_ends_after_the_buffered_events_when_the_peer_closes() {
+    within(async {
+        let (mut peer, client) = connected(Config::default()).await;
+        let mut events = client.events();
+        peer.send_line(json!({"event": "SHUTDOWN", "data": {"guest": true}}))
+            .await;
+        drop(peer);
+        assert_eq!(events.recv().await.unwrap().event, "SHUTDOWN");
+        assert_eq!(events.recv().await.unwrap_err(), EventsError::Closed);
+        // A subscription made after the end ends at once.
+        assert_eq!(
+            client.events().recv().await.unwrap_err(),
+            EventsError::Closed
+        );
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn dropping_every_handle_closes_the_socket() {
     within(async {

@@ -1,6 +1,7 @@
 //! The built `qsnap` binary: signals, the guardian, exit codes.
 
 use crate::*;
+use serde_json::json;
 use std::process::Stdio;
 use std::time::Instant;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -129,6 +130,186 @@ async fn second_coordinator_on_the_same_vm_fails_within_1s() {
         assert!(took < Duration::from_secs(1), "{took:?}");
         first.start_kill().unwrap();
         first.wait().await.unwrap();
+    })
+    .await;
+}
+
+/// Runs the built binary to completion: (exit code, stdout, stderr).
+pub(crate) async fn run(vm: &QemuVm, args: &[&str]) -> (i32, String, String) {
+    let out = qsnap(vm).args(args).output().await.unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `--json` output: exactly one JSON object.
+fn json_of(stdout: &str) -> serde_json::Value {
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "one JSON object expected: {stdout}");
+    serde_json::from_str(lines[0]).unwrap()
+}
+
+#[tokio::test]
+async fn read_only_commands_against_the_real_guest() {
+    within(180, async {
+        let vm = booted(QemuVm::builder().disks(2)).await;
+        let (code, out, err) = run(&vm, &["--json", "info"]).await;
+        assert_eq!(code, 0, "{err}");
+        let info = json_of(&out);
+        assert_eq!(info["status"], "running");
+        assert!(info["qemu_version"].as_str().unwrap().starts_with("10."));
+        assert_eq!(info["disks"].as_array().unwrap().len(), 2);
+        assert_eq!(info["disks"][1]["device"], "vblk1");
+        assert_eq!(info["disks"][1]["chain"].as_array().unwrap().len(), 2);
+        assert_eq!(info["agent"]["present"], true);
+        assert_eq!(info["agent"]["fsfreeze"], "thawed");
+        assert_eq!(info["agent"]["fsfreeze_supported"], true);
+
+        let (code, out, _) = run(&vm, &["info"]).await;
+        assert_eq!(code, 0);
+        assert!(
+            out.contains("disk disk0 device vblk0") && out.contains("fsfreeze supported"),
+            "{out}"
+        );
+
+        let (code, out, _) = run(&vm, &["--json", "ping"]).await;
+        assert_eq!((code, json_of(&out)["ok"].clone()), (0, json!(true)));
+        let (code, out, _) = run(&vm, &["--json", "fsstatus"]).await;
+        assert_eq!(
+            (code, json_of(&out)["status"].clone()),
+            (0, json!("thawed"))
+        );
+        let (code, out, _) = run(&vm, &["qmp", "query-status"]).await;
+        assert_eq!((code, json_of(&out)["running"].clone()), (0, json!(true)));
+        let (code, out, _) = run(
+            &vm,
+            &["qmp", "query-named-block-nodes", r#"{"flat": true}"#],
+        )
+        .await;
+        assert_eq!(code, 0);
+        assert!(json_of(&out).as_array().unwrap().len() >= 4);
+        let (code, out, _) = run(&vm, &["qga", "guest-info"]).await;
+        assert_eq!(code, 0);
+        assert!(
+            json_of(&out)["version"]
+                .as_str()
+                .unwrap()
+                .starts_with("10.")
+        );
+        let (code, out, _) = run(&vm, &["completions", "bash"]).await;
+        assert!(code == 0 && out.contains("_qsnap()"), "{out}");
+        let (code, out, _) = run(&vm, &["man"]).await;
+        assert!(code == 0 && out.contains(".TH qsnap 1") && out.contains("snapshot"));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn freeze_and_thaw_from_the_command_line() {
+    within(180, async {
+        let vm = booted(QemuVm::builder().disks(2)).await;
+        let (code, out, err) = run(&vm, &["--json", "freeze"]).await;
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(json_of(&out)["frozen_filesystems"], 2);
+        let (_, out, _) = run(&vm, &["fsstatus"]).await;
+        assert!(out.starts_with("frozen"), "{out}");
+        let (code, out, _) = run(&vm, &["--json", "thaw"]).await;
+        assert_eq!(code, 0);
+        assert_eq!(
+            json_of(&out),
+            json!({"thawed_filesystems": 2, "status": "thawed"})
+        );
+        let (_, out, _) = run(&vm, &["freeze", "--mountpoint", "/data"]).await;
+        assert!(out.starts_with("froze 1 filesystem"), "{out}");
+        let (_, out, _) = run(&vm, &["thaw"]).await;
+        assert!(out.starts_with("thawed 1 filesystem"), "{out}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn snapshot_report_then_info_then_commit_restores_each_chain() {
+    within(180, async {
+        let vm = booted(QemuVm::builder().disks(2).writer(true)).await;
+        let (code, out, err) = run(&vm, &["--json", "snapshot", "--name", "cli1"]).await;
+        assert_eq!(code, 0, "{err}");
+        let r = json_of(&out);
+        assert_eq!(r["name"], "cli1");
+        assert_eq!(r["consistency"], "quiesced");
+        assert_eq!(
+            (
+                r["frozen_filesystems"].as_u64(),
+                r["thawed_filesystems"].as_u64()
+            ),
+            (Some(2), Some(2))
+        );
+        for (i, d) in r["disks"].as_array().unwrap().iter().enumerate() {
+            assert_eq!(d["node"], format!("disk{i}"));
+            assert!(d["overlay_node"].as_str().unwrap().starts_with("qsnap-"));
+            assert!(
+                d["overlay_file"]
+                    .as_str()
+                    .unwrap()
+                    .ends_with(&format!("disk{i}.cli1.qcow2"))
+            );
+            assert_eq!(d["backing_file"], vm.disks()[i].display().to_string());
+        }
+        let t = &r["timings_ms"];
+        assert!(t["in_freeze_overhead"].as_f64().unwrap() <= t["frozen_window"].as_f64().unwrap());
+
+        let (_, out, _) = run(&vm, &["--json", "info"]).await;
+        let info = json_of(&out);
+        assert_eq!(info["disks"][0]["chain"].as_array().unwrap().len(), 3);
+
+        for (i, disk) in ["vblk0", "vblk1"].iter().enumerate() {
+            let (code, out, err) = run(&vm, &["--json", "commit", "--disk", disk]).await;
+            assert_eq!(code, 0, "{err}");
+            let c = json_of(&out);
+            assert_eq!(c["base"], format!("disk{i}"));
+            let chain: Vec<String> = serde_json::from_value(c["chain"].clone()).unwrap();
+            assert_eq!(
+                chain,
+                [
+                    vm.disks()[i].display().to_string(),
+                    vm.base(i).display().to_string()
+                ]
+            );
+        }
+        // The chain is as before, so the same disks can be snapshotted again.
+        let (code, out, _) = run(&vm, &["snapshot", "--name", "cli2"]).await;
+        assert_eq!(code, 0);
+        assert!(
+            out.contains("snapshot cli2: quiesced: 2 filesystem(s)"),
+            "{out}"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn events_prints_qmp_events_as_json_lines_until_qemu_exits() {
+    within(90, async {
+        let vm = booted(QemuVm::builder().disks(1)).await;
+        let events = qsnap(&vm).arg("events").spawn().unwrap();
+        // Give `events` the QMP socket first (QEMU serves one client at a time).
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let poweroff = r#"{"path": "/bin/busybox", "arg": ["poweroff", "-f"]}"#;
+        let (code, _, err) = run(&vm, &["qga", "guest-exec", poweroff]).await;
+        assert_eq!(code, 0, "{err}");
+        let out = events.wait_with_output().await.unwrap();
+        assert_eq!(out.status.code(), Some(0));
+        let names: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["event"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect();
+        assert!(names.contains(&"SHUTDOWN".to_owned()), "{names:?}");
     })
     .await;
 }

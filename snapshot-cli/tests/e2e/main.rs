@@ -10,6 +10,8 @@
 )]
 
 mod cli;
+mod exits;
+mod fake;
 mod faults;
 mod snapshot;
 
