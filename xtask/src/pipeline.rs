@@ -67,9 +67,17 @@ pub(crate) fn test(root: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Boots the demo guest and runs qsnap against it.
+/// Boots the demo guest and runs the `qsnap` binary against it.
 pub(crate) fn demo(root: &Path) -> Result<()> {
     let image = guest::build(root)?;
+    status(cargo(root).args([
+        "build",
+        "--quiet",
+        "--package",
+        "snapshot-cli",
+        "--bin",
+        "qsnap",
+    ]))?;
     status(
         cargo(root)
             .args([
@@ -80,8 +88,13 @@ pub(crate) fn demo(root: &Path) -> Result<()> {
                 "--bin",
                 "qsnap-demo",
             ])
-            .env("QSNAP_GUEST_DIR", image),
+            .env("QSNAP_GUEST_DIR", image)
+            .env("QSNAP_BIN", target_dir(root).join("debug/qsnap")),
     )
+}
+
+fn target_dir(root: &Path) -> std::path::PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), Into::into)
 }
 
 /// Runs the benchmarks (release build) against the real guest.

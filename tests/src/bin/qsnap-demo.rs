@@ -1,63 +1,74 @@
-//! `cargo xtask demo`: boots the built-in demo guest and shows what qsnap sees.
+//! `cargo xtask demo`: boots the built-in demo guest (two data disks, a writer
+//! appending every 100 ms) and runs the `qsnap` binary against it, step by step.
 
 #![allow(clippy::print_stdout, reason = "the demo prints its transcript")]
 
-use anyhow::Result;
-use qsnap_tests::QemuVm;
+use anyhow::{Context, Result, bail};
+use qsnap_tests::{QemuVm, inspect};
+use std::path::PathBuf;
+use tokio::process::Command;
 use std::time::{Duration, Instant};
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<()> {
     let start = Instant::now();
-    println!("== booting the demo guest (2 data disks, writer running) ==");
-    let vm = QemuVm::builder().disks(2).writer(true).start().await?;
-    println!("   VM directory: {}", vm.dir().display());
-    let qmp = vm.qmp().await?;
-    println!(
-        "   QEMU {} ({})",
-        qmp.greeting().version.qemu,
-        qmp.greeting().version.package
+    let qsnap = PathBuf::from(
+        std::env::var_os("QSNAP_BIN").context("QSNAP_BIN is not set (run `cargo xtask demo`)")?,
     );
+    step("booting the demo guest: 2 ext4 data disks, a writer appending every 100 ms");
+    let vm = QemuVm::builder().disks(2).writer(true).start().await?;
+    vm.wait_for_agent(Duration::from_secs(60)).await?;
+    println!(
+        "   QMP {}\n   QGA {}",
+        vm.qmp_path().display(),
+        vm.qga_path().display()
+    );
+    // Async on purpose: blocking this runtime would keep the rig's dropped agent
+    // connection open, and the agent serves one client at a time.
+    let run = async |args: &[&str]| -> Result<()> {
+        println!("\n$ qsnap {}", args.join(" "));
+        let out = Command::new(&qsnap)
+            .args(args)
+            .env("QSNAP_QMP", vm.qmp_path())
+            .env("QSNAP_QGA", vm.qga_path())
+            .output()
+            .await?;
+        print!("{}", String::from_utf8_lossy(&out.stdout));
+        eprint!("{}", String::from_utf8_lossy(&out.stderr));
+        if !out.status.success() {
+            bail!("qsnap {} failed ({})", args.join(" "), out.status);
+        }
+        Ok(())
+    };
 
-    println!("\n== query-status ==");
-    let status = qmp.execute(&qmp::commands::QueryStatus).await?;
-    println!("   {} (running: {})", status.status, status.running);
-
-    println!("\n== disks (query-block) ==");
-    for block in qmp.execute(&qmp::commands::QueryBlock).await? {
-        let Some(inserted) = &block.inserted else {
-            continue;
+    step("the VM before");
+    run(&["info"]).await?;
+    step("a quiesced snapshot of both disks");
+    run(&["snapshot", "--name", "demo"]).await?;
+    step("the new chains: each disk now writes to its overlay");
+    run(&["info"]).await?;
+    step("the images frozen in time are clean ext4 (no journal to replay)");
+    for (i, image) in vm.disks().iter().enumerate() {
+        let dirty = inspect::ext4_needs_recovery(image)?;
+        let verdict = if dirty {
+            "NEEDS RECOVERY"
+        } else {
+            "clean: no needs_recovery"
         };
-        let node = inserted.node_name.as_deref().unwrap_or("?");
-        let id = block.qdev_id().unwrap_or("?");
-        println!(
-            "   node {node}  device {id}  {} bytes",
-            inserted.image.virtual_size
-        );
-        for (depth, image) in inserted.image.chain().enumerate() {
-            println!(
-                "   {:width$}└ {} ({})",
-                "",
-                image.filename,
-                image.format,
-                width = depth * 2
-            );
+        println!("   disk{i} {}: {verdict}", image.display());
+        if dirty {
+            bail!("disk{i} was not captured while frozen");
         }
     }
-
-    println!("\n== guest agent ==");
-    vm.wait_for_agent(Duration::from_secs(60)).await?;
-    let agent = qga::Client::connect(vm.qga_path(), qga::Config::default()).await?;
-    let info = agent.execute(&qga::commands::GuestInfo).await?;
-    let status = agent.execute(&qga::commands::GuestFsfreezeStatus).await?;
-    println!(
-        "   qemu-ga {}; fsfreeze supported: {}; filesystems: {status:?}",
-        info.version,
-        info.is_enabled("guest-fsfreeze-freeze")
-    );
-    println!(
-        "\n== done in {:.1?}; shutting the guest down ==",
-        start.elapsed()
-    );
+    step("merging the overlays back (live block-commit)");
+    run(&["commit", "--disk", "vblk0"]).await?;
+    run(&["commit", "--disk", "vblk1"]).await?;
+    step("shutting down");
+    run(&["qmp", "quit"]).await?;
+    println!("\n== demo finished in {:.1?} ==", start.elapsed());
     Ok(())
+}
+
+fn step(what: &str) {
+    println!("\n== {what} ==");
 }
