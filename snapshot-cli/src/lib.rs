@@ -58,6 +58,9 @@ mod request;
 
 pub use commit::{CommitReport, CommitRequest, commit};
 pub use coordinator::snapshot;
+
+#[doc = include_str!("../../docs/library.md")]
+pub mod guide {}
 pub use error::{Error, Result};
 pub use lock::VmLock;
 pub use report::{Consistency, DiskReport, Report, Timings};
