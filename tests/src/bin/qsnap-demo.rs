@@ -6,8 +6,8 @@
 use anyhow::{Context, Result, bail};
 use qsnap_tests::{QemuVm, inspect};
 use std::path::PathBuf;
-use tokio::process::Command;
 use std::time::{Duration, Instant};
+use tokio::process::Command;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<()> {
