@@ -10,9 +10,7 @@ use serde_json::Value;
 use std::path::Path;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot};
-use tokio::time::timeout;
 
 /// A handle to one guest-agent connection. Cheap to clone; requests from all clones
 /// run one at a time, in order. The connection closes when the last handle is dropped.
@@ -34,14 +32,12 @@ impl Client {
     /// client); [`Error::Disconnected`].
     pub async fn connect(path: impl AsRef<Path>, config: Config) -> Result<Self> {
         let path = path.as_ref();
-        let connect_error = |source| Error::Connect {
-            path: path.to_owned(),
-            source,
-        };
-        let stream = timeout(config.connect_timeout, UnixStream::connect(path))
+        let stream = qmp::socket::connect_unix(path, config.connect_timeout)
             .await
-            .map_err(|_| connect_error(std::io::ErrorKind::TimedOut.into()))?
-            .map_err(connect_error)?;
+            .map_err(|source| Error::Connect {
+                path: path.to_owned(),
+                source,
+            })?;
         let (read, write) = stream.into_split();
         Self::start(read, write, config).await
     }

@@ -14,7 +14,6 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::timeout;
 use tokio_util::codec::FramedRead;
@@ -61,14 +60,12 @@ impl Client {
     /// errors of [`Client::handshake`].
     pub async fn connect(path: impl AsRef<Path>, config: Config) -> Result<Self> {
         let path = path.as_ref();
-        let connect_error = |source| Error::Connect {
-            path: path.to_owned(),
-            source,
-        };
-        let stream = timeout(config.connect_timeout, UnixStream::connect(path))
+        let stream = crate::socket::connect_unix(path, config.connect_timeout)
             .await
-            .map_err(|_| connect_error(std::io::ErrorKind::TimedOut.into()))?
-            .map_err(connect_error)?;
+            .map_err(|source| Error::Connect {
+                path: path.to_owned(),
+                source,
+            })?;
         let (read, write) = stream.into_split();
         Self::start(read, write, config).await
     }

@@ -42,6 +42,7 @@ mod config;
 mod connection;
 mod error;
 mod events;
+pub mod socket;
 pub mod wire;
 
 pub use client::Client;

@@ -28,3 +28,19 @@ mod vm;
 pub use error::{Error, Result};
 pub use image::GuestImage;
 pub use vm::{Agent, QemuVm, VmBuilder};
+
+/// How long tests wait for the agent of a TCG guest that boots in ≈3 s on an idle
+/// machine, with room for a loaded CI machine.
+pub const AGENT_BOOT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Runs a test body under a deadline so no test can hang; panics when it passes.
+///
+/// # Panics
+/// When `f` does not finish within `secs` seconds.
+#[allow(clippy::panic, reason = "a test helper: failing the test is its job")]
+pub async fn within<F: std::future::Future>(secs: u64, f: F) -> F::Output {
+    match tokio::time::timeout(std::time::Duration::from_secs(secs), f).await {
+        Ok(v) => v,
+        Err(_) => panic!("test exceeded its {secs} s deadline"),
+    }
+}

@@ -19,17 +19,11 @@ use qga::commands::{FsfreezeStatus, GuestFsfreezeStatus};
 use qsnap::SnapshotRequest;
 use qsnap_tests::{QemuVm, VmBuilder};
 use serde_json::json;
-use std::future::Future;
 use std::time::Duration;
 
-/// No test may hang: every test body runs under this deadline.
-pub(crate) async fn within<F: Future>(secs: u64, f: F) -> F::Output {
-    tokio::time::timeout(Duration::from_secs(secs), f)
-        .await
-        .expect("test exceeded its deadline")
-}
+pub(crate) use qsnap_tests::within;
 
-pub(crate) const AGENT_BOOT: Duration = Duration::from_secs(60);
+pub(crate) use qsnap_tests::AGENT_BOOT;
 
 /// Boots a VM and waits for its agent.
 pub(crate) async fn booted(builder: VmBuilder) -> QemuVm {

@@ -12,16 +12,6 @@
 mod qga_guest;
 mod qmp_monitor;
 
-use std::future::Future;
-use std::time::Duration;
+pub(crate) use qsnap_tests::within;
 
-/// No test may hang: every test body runs under this deadline.
-pub(crate) async fn within<F: Future>(secs: u64, f: F) -> F::Output {
-    tokio::time::timeout(Duration::from_secs(secs), f)
-        .await
-        .expect("test exceeded its deadline")
-}
-
-/// Long enough for the agent of a TCG guest that boots in ≈3 s on an idle machine,
-/// with room for a loaded CI machine.
-pub(crate) const AGENT_BOOT: Duration = Duration::from_secs(60);
+pub(crate) use qsnap_tests::AGENT_BOOT;
