@@ -146,15 +146,14 @@ pub(crate) async fn rescue(qga: &Path, tag: &str) -> i32 {
     let config = qga::Config::default().sync_timeout(Duration::from_secs(2));
     while Instant::now() < give_up {
         match thaw_once(qga, config.clone()).await {
-            Ok(n) => {
+            Ok(Some(n)) => {
                 eprintln!("{tag}: thawed {n} filesystem(s); the guest reports thawed");
                 return 0;
             }
-            Err(e) => {
-                eprintln!("{tag}: not thawed yet: {e}");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
+            Ok(None) => eprintln!("{tag}: thaw sent but the guest still reports frozen; retrying"),
+            Err(e) => eprintln!("{tag}: not thawed yet: {e}"),
         }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
     eprintln!(
         "{tag}: could not thaw the guest within {RESCUE_FOR:?}; run `qsnap thaw --qga {}`",
@@ -163,11 +162,12 @@ pub(crate) async fn rescue(qga: &Path, tag: &str) -> i32 {
     5
 }
 
-async fn thaw_once(qga: &Path, config: qga::Config) -> qga::Result<u64> {
+/// One attempt: thaw, then confirm. `Ok(None)` when the guest still reads frozen.
+async fn thaw_once(qga: &Path, config: qga::Config) -> qga::Result<Option<u64>> {
     let client = qga::Client::connect(qga, config).await?;
     let n = client.execute(&GuestFsfreezeThaw).await?;
-    match client.execute(&GuestFsfreezeStatus).await? {
-        FsfreezeStatus::Thawed => Ok(n),
-        FsfreezeStatus::Frozen => client.execute(&GuestFsfreezeThaw).await,
-    }
+    Ok(match client.execute(&GuestFsfreezeStatus).await? {
+        FsfreezeStatus::Thawed => Some(n),
+        FsfreezeStatus::Frozen => None,
+    })
 }
