@@ -79,7 +79,9 @@ pub async fn commit(
         .execute(&QueryBlock)
         .await
         .map_err(Error::qmp("query-block"))?;
-    let block = find_disk(&blocks, &req.disk)?;
+    let wanted = crate::coordinator::resolve_names(&qmp, &blocks, &[req.disk.clone()]).await?;
+    let block = find_disk(&blocks, &wanted[0])?;
+    let device = block.qdev_id().map(str::to_owned);
     let active = active_node(block)?;
     let top = req.top.clone().unwrap_or_else(|| active.clone());
     let base = match &req.base {
@@ -105,9 +107,10 @@ pub async fn commit(
         .execute(&QueryBlock)
         .await
         .map_err(Error::qmp("query-block"))?;
-    let block = find_disk(&blocks, &req.disk).or_else(|_| find_disk(&blocks, &base))?;
+    // After an active commit the base is the disk's active node.
+    let block = find_disk(&blocks, device.as_deref().unwrap_or(&base))?;
     Ok(CommitReport {
-        device: block.qdev_id().map(str::to_owned),
+        device,
         top,
         base,
         chain: chain(block),

@@ -62,8 +62,9 @@ pub async fn snapshot(req: &SnapshotRequest, cancel: &CancellationToken) -> Resu
         .execute(&QueryBlock)
         .await
         .map_err(Error::qmp("query-block"))?;
+    let wanted = resolve_names(&qmp, &blocks, &req.disks).await?;
     let tag = node_tag();
-    let disks = plan::select(&blocks, &req.disks, &name, req.overlay_dir.as_deref(), &tag)?;
+    let disks = plan::select(&blocks, &wanted, &name, req.overlay_dir.as_deref(), &tag)?;
     plan::check_paths(&disks)?;
     let agent = interruptible(cancel, freeze::probe(req, &mut warnings)).await??;
     let t_plan = start.elapsed();
@@ -132,6 +133,22 @@ pub async fn snapshot(req: &SnapshotRequest, cancel: &CancellationToken) -> Resu
     report.timings_ms.total = ms(start.elapsed());
     info!(name = %report.name, consistency = ?report.consistency, "snapshot taken");
     Ok(report)
+}
+
+/// Lets a node lower in a disk's chain (`disk0` after a snapshot) name the disk.
+pub(crate) async fn resolve_names(
+    qmp: &qmp::Client,
+    blocks: &[qmp::commands::BlockInfo],
+    wanted: &[String],
+) -> Result<Vec<String>> {
+    if !plan::needs_resolution(blocks, wanted) {
+        return Ok(wanted.to_vec());
+    }
+    let nodes = qmp
+        .execute(&qmp::commands::QueryNamedBlockNodes { flat: Some(true) })
+        .await
+        .map_err(Error::qmp("query-named-block-nodes"))?;
+    Ok(plan::resolve_chain_names(blocks, &nodes, wanted))
 }
 
 fn node_tag() -> String {

@@ -1,7 +1,7 @@
 //! Planning: which disks, which overlay paths and node names. Nothing changes yet.
 
 use crate::error::{Error, Result};
-use qmp::commands::BlockInfo;
+use qmp::commands::{BlockDeviceInfo, BlockInfo};
 use std::path::{Path, PathBuf};
 
 /// One disk to snapshot.
@@ -91,6 +91,47 @@ pub(crate) fn select(
         }
     }
     Ok(plans)
+}
+
+/// Rewrites names that are not a disk's active node, qdev id or drive name but a node
+/// lower in some disk's backing chain (`disk0` after a snapshot) to that disk's active
+/// node. `nodes` is `query-named-block-nodes`; names found nowhere stay as they are.
+pub(crate) fn resolve_chain_names(
+    blocks: &[BlockInfo],
+    nodes: &[BlockDeviceInfo],
+    wanted: &[String],
+) -> Vec<String> {
+    let candidates: Vec<&BlockInfo> = blocks.iter().filter(|b| b.inserted.is_some()).collect();
+    wanted
+        .iter()
+        .map(|want| {
+            if candidates.iter().any(|b| matches(b, want)) {
+                return want.clone();
+            }
+            let file = nodes
+                .iter()
+                .find(|n| n.node_name.as_deref() == Some(want.as_str()))
+                .map(|n| n.image.filename.as_str());
+            let owner = file.and_then(|file| {
+                candidates.iter().find_map(|b| {
+                    let inserted = b.inserted.as_ref()?;
+                    inserted
+                        .image
+                        .chain()
+                        .any(|img| img.filename == file)
+                        .then(|| inserted.node_name.clone())?
+                })
+            });
+            owner.unwrap_or_else(|| want.clone())
+        })
+        .collect()
+}
+
+/// True when some wanted name is not directly a disk (resolution needs the node list).
+pub(crate) fn needs_resolution(blocks: &[BlockInfo], wanted: &[String]) -> bool {
+    wanted
+        .iter()
+        .any(|w| !blocks.iter().any(|b| b.inserted.is_some() && matches(b, w)))
 }
 
 /// The disk named `want` (active node-name, qdev id, or legacy drive name).
@@ -245,6 +286,26 @@ mod tests {
         let nodes: Vec<_> = plans.iter().map(|p| p.node.as_str()).collect();
         assert_eq!(nodes, ["disk1", "disk0"]);
         assert_eq!(plans[0].overlay, Path::new("/o/disk1.s.qcow2"));
+    }
+
+    #[test]
+    fn a_node_lower_in_a_chain_names_its_disk() {
+        let mut blocks = blocks();
+        // disk1 was snapshotted: its active node is now an overlay on disk1.
+        let inserted = blocks[1].inserted.as_mut().unwrap();
+        inserted.node_name = Some("qsnap-ab-1".into());
+        let base = inserted.image.clone();
+        inserted.image.filename = "/vm/disk1.s.qcow2".into();
+        inserted.image.backing_image = Some(Box::new(base));
+        let nodes: Vec<BlockDeviceInfo> = serde_json::from_value(json!([
+            {"node-name": "disk1", "file": "/vm/disk1.qcow2", "ro": true, "drv": "qcow2",
+             "image": {"filename": "/vm/disk1.qcow2", "format": "qcow2", "virtual-size": 1}}
+        ]))
+        .unwrap();
+        let wanted = ["disk1".to_owned(), "vblk0".to_owned(), "nope".to_owned()];
+        assert!(needs_resolution(&blocks, &wanted));
+        let resolved = resolve_chain_names(&blocks, &nodes, &wanted);
+        assert_eq!(resolved, ["qsnap-ab-1", "vblk0", "nope"]);
     }
 
     #[test]

@@ -96,3 +96,33 @@ async fn chosen_disk_by_qdev_id_into_an_overlay_dir() {
     })
     .await;
 }
+
+/// A scheduled job names its disk once; after the first snapshot that node is no
+/// longer the active one, but still names the same disk.
+#[tokio::test]
+async fn a_disk_keeps_its_node_name_across_snapshots_and_commits() {
+    within(180, async {
+        let vm = booted(QemuVm::builder().disks(2)).await;
+        for name in ["n1", "n2"] {
+            let mut req = request(&vm, name);
+            req.disks = vec!["disk1".into()];
+            let report = qsnap::snapshot(&req, &CancellationToken::new())
+                .await
+                .unwrap();
+            assert_eq!(report.disks.len(), 1);
+            assert_eq!(report.disks[0].device.as_deref(), Some("vblk1"));
+        }
+        let commit = qsnap::CommitRequest {
+            qmp: vm.qmp_path(),
+            disk: "disk1".into(),
+            top: None,
+            base: None,
+        };
+        let done = qsnap::commit(&commit, |_| {}, &CancellationToken::new())
+            .await
+            .unwrap();
+        assert_eq!(done.device.as_deref(), Some("vblk1"));
+        assert_eq!(done.chain.len(), 3, "{:?}", done.chain);
+    })
+    .await;
+}
