@@ -79,7 +79,8 @@ pub async fn commit(
         .execute(&QueryBlock)
         .await
         .map_err(Error::qmp("query-block"))?;
-    let wanted = crate::coordinator::resolve_names(&qmp, &blocks, &[req.disk.clone()]).await?;
+    let wanted =
+        crate::coordinator::resolve_names(&qmp, &blocks, std::slice::from_ref(&req.disk)).await?;
     let block = find_disk(&blocks, &wanted[0])?;
     let device = block.qdev_id().map(str::to_owned);
     let active = active_node(block)?;
