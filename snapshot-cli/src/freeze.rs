@@ -101,11 +101,7 @@ async fn try_probe(req: &SnapshotRequest) -> Result<Agent> {
 impl Agent {
     /// The freeze budget, capped for Windows guests.
     pub(crate) fn budget(&self, requested: Duration) -> Duration {
-        if self.windows {
-            requested.min(WINDOWS_BUDGET)
-        } else {
-            requested
-        }
+        budget(self.windows, requested)
     }
 
     /// `guest-fsfreeze-freeze`, or `-freeze-list` for chosen mountpoints.
@@ -173,6 +169,33 @@ impl Agent {
             qga: self.path.clone(),
             source,
         }
+    }
+}
+
+/// Windows' VSS thaws by itself after 10 s: keep the budget below that.
+fn budget(windows: bool, requested: Duration) -> Duration {
+    if windows {
+        requested.min(WINDOWS_BUDGET)
+    } else {
+        requested
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_budget_stays_under_vss_ten_seconds() {
+        assert_eq!(
+            budget(true, Duration::from_secs(30)),
+            Duration::from_secs(9)
+        );
+        assert_eq!(budget(true, Duration::from_secs(2)), Duration::from_secs(2));
+        assert_eq!(
+            budget(false, Duration::from_secs(30)),
+            Duration::from_secs(30)
+        );
     }
 }
 

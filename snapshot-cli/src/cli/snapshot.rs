@@ -29,7 +29,7 @@ fn human(r: &Report) -> String {
     let mut s = String::new();
     let how = match r.consistency {
         Consistency::Quiesced => format!(
-            "quiesced: {} filesystem(s) frozen for {:.1} ms (qsnap's share {:.2} ms)",
+            "quiesced: {} filesystem(s) frozen for {:.1} ms (disks switched in {:.2} ms of it)",
             r.frozen_filesystems, r.timings_ms.frozen_window, r.timings_ms.in_freeze_overhead
         ),
         Consistency::CrashConsistent => "crash-consistent (not quiesced)".to_owned(),

@@ -24,6 +24,11 @@ type Lines = tokio::io::Lines<BufReader<tokio::process::ChildStderr>>;
 /// Starts a snapshot that holds the guest frozen, and returns once it is frozen, with
 /// the rest of its stderr (which the guardian shares).
 async fn frozen_coordinator(vm: &QemuVm, name: &str) -> (Child, Lines) {
+    frozen_coordinator_with(vm, name, "90s").await
+}
+
+/// As [`frozen_coordinator`], with its own freeze deadline.
+async fn frozen_coordinator_with(vm: &QemuVm, name: &str, deadline: &str) -> (Child, Lines) {
     let mut child = qsnap(vm)
         .args([
             "-v",
@@ -32,9 +37,8 @@ async fn frozen_coordinator(vm: &QemuVm, name: &str) -> (Child, Lines) {
             name,
             "--debug-hold-frozen",
             "60s",
-            "--freeze-timeout",
-            "90s",
         ])
+        .args(["--freeze-timeout", deadline])
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
@@ -89,22 +93,62 @@ async fn sigkill_while_frozen_the_guardian_thaws_within_5s() {
     .await;
 }
 
+async fn signal_while_frozen_thaws_rolls_back_and_exits_130(signal: rustix::process::Signal) {
+    let vm = booted(QemuVm::builder().disks(2)).await;
+    let (mut child, stderr) = frozen_coordinator(&vm, "int").await;
+    let pid = rustix::process::Pid::from_raw(child.id().unwrap() as i32).unwrap();
+    rustix::process::kill_process(pid, signal).unwrap();
+    let status = child.wait().await.unwrap();
+    let log = rest(stderr).await;
+    assert_eq!(status.code(), Some(130), "{log}");
+    assert!(log.contains("interrupted"), "{log}");
+    assert!(
+        !log.contains("qsnap guardian"),
+        "the coordinator thawed; the guardian must not act:\n{log}"
+    );
+    assert_nothing_left(&vm, "int").await;
+}
+
 #[tokio::test]
 async fn sigint_while_frozen_thaws_rolls_back_and_exits_130() {
+    within(
+        180,
+        signal_while_frozen_thaws_rolls_back_and_exits_130(rustix::process::Signal::INT),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn sigterm_while_frozen_thaws_rolls_back_and_exits_130() {
+    within(
+        180,
+        signal_while_frozen_thaws_rolls_back_and_exits_130(rustix::process::Signal::TERM),
+    )
+    .await;
+}
+
+/// A coordinator that hangs while frozen (here: stopped with SIGSTOP) is killed by the
+/// guardian once the freeze deadline plus the grace period has passed, and the guest
+/// is thawed.
+#[tokio::test]
+async fn hung_coordinator_is_killed_by_the_guardian_which_thaws() {
     within(180, async {
-        let vm = booted(QemuVm::builder().disks(2)).await;
-        let (mut child, stderr) = frozen_coordinator(&vm, "int").await;
+        let vm = booted(QemuVm::builder().disks(1)).await;
+        let (mut child, mut stderr) = frozen_coordinator_with(&vm, "hang", "2s").await;
         let pid = rustix::process::Pid::from_raw(child.id().unwrap() as i32).unwrap();
-        rustix::process::kill_process(pid, rustix::process::Signal::INT).unwrap();
+        rustix::process::kill_process(pid, rustix::process::Signal::STOP).unwrap();
+        let stopped = Instant::now();
+        let log = wait_for_line(&mut stderr, "the guest reports thawed").await;
+        assert!(log.contains("killing it"), "{log}");
         let status = child.wait().await.unwrap();
-        let log = rest(stderr).await;
-        assert_eq!(status.code(), Some(130), "{log}");
-        assert!(log.contains("interrupted"), "{log}");
+        assert_eq!(status.code(), None, "killed by a signal");
+        // Deadline 2 s + grace 5 s from arming, plus the time to reach the agent.
         assert!(
-            !log.contains("qsnap guardian"),
-            "the coordinator thawed; the guardian must not act:\n{log}"
+            stopped.elapsed() < Duration::from_secs(12),
+            "{:?}",
+            stopped.elapsed()
         );
-        assert_nothing_left(&vm, "int").await;
+        assert_eq!(fsstatus(&vm).await, FsfreezeStatus::Thawed);
     })
     .await;
 }
