@@ -117,32 +117,6 @@ async fn agent(g: &Global) -> Agent {
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn guest_supplied_version_is_escaped() {
-        let info = Info {
-            qemu_version: "10.0.2".into(),
-            qemu_package: "p".into(),
-            status: "running".into(),
-            running: true,
-            disks: Vec::new(),
-            agent: Agent {
-                present: true,
-                version: Some("1\x1b]0;owned\x07".into()),
-                fsfreeze: Some(qga::commands::FsfreezeStatus::Thawed),
-                fsfreeze_supported: Some(true),
-                error: None,
-            },
-        };
-        let text = human(&info);
-        assert!(!text.contains('\x1b') && !text.contains('\x07'), "{text:?}");
-        assert!(text.contains("owned"));
-    }
-}
-
 fn human(i: &Info) -> String {
     let mut s = format!(
         "QEMU {} ({}), {}\n",
@@ -186,4 +160,30 @@ fn human(i: &Info) -> String {
         }
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guest_supplied_version_is_escaped() {
+        let info = Info {
+            qemu_version: "10.0.2".into(),
+            qemu_package: "p".into(),
+            status: "running".into(),
+            running: true,
+            disks: Vec::new(),
+            agent: Agent {
+                present: true,
+                version: Some("1\x1b]0;owned\x07".into()),
+                fsfreeze: Some(qga::commands::FsfreezeStatus::Thawed),
+                fsfreeze_supported: Some(true),
+                error: None,
+            },
+        };
+        let text = human(&info);
+        assert!(!text.contains('\x1b') && !text.contains('\x07'), "{text:?}");
+        assert!(text.contains("owned"));
+    }
 }
