@@ -262,6 +262,10 @@ async fn frozen_switch(
     t.frozen_window = ms(thaw_reply - freeze_sent);
     t.in_freeze_overhead = ms(thaw_sent - freeze_reply);
 
+    // A guest that may still be frozen outranks whatever else went wrong: report it
+    // (exit 5), never "thawed" and never a fallback. The guardian, left armed, keeps
+    // trying; the caller's rollback reads query-block, so an in-flight switch is kept.
+    confirmed?;
     let switched = match outcome {
         Ok(took) => Some(took),
         // Abandoned while the transaction was in flight: now that the guest is
@@ -275,7 +279,6 @@ async fn frozen_switch(
         }
         Err(e) => return Err(e),
     };
-    confirmed?;
     match switched {
         Some(took) => report.timings_ms.transaction = ms(took),
         None => {

@@ -15,6 +15,9 @@ pub(crate) enum Fake {
     WindowsAutoThaw,
     /// A guest that stays frozen whatever the thaw says.
     StuckFrozen,
+    /// Reports thawed until a freeze arrives; that freeze fails (a hook error after
+    /// some filesystems froze), and the guest stays frozen whatever the thaw says.
+    FreezeFailsAndSticks,
 }
 
 /// A fake qemu-ga on its own socket. Records whether a thaw arrived.
@@ -23,6 +26,7 @@ pub(crate) async fn fake_agent(path: std::path::PathBuf, fake: Fake, thawed: Arc
     let (stream, _) = listener.accept().await.unwrap();
     let (read, mut write) = stream.into_split();
     let mut lines = BufReader::new(read).split(b'\n');
+    let mut froze = false;
     while let Ok(Some(raw)) = lines.next_segment().await {
         let line: Vec<u8> = raw.into_iter().filter(|&b| b != 0xFF).collect();
         let Ok(req) = serde_json::from_slice::<serde_json::Value>(&line) else {
@@ -37,11 +41,20 @@ pub(crate) async fn fake_agent(path: std::path::PathBuf, fake: Fake, thawed: Arc
             }
             "guest-info" => json!({"version": "fake", "supported_commands": [
                 {"name": "guest-fsfreeze-freeze", "enabled": true, "success-response": true}]}),
-            "guest-fsfreeze-status" if fake == Fake::StuckFrozen => json!("frozen"),
+            "guest-fsfreeze-status" if fake == Fake::StuckFrozen || froze => json!("frozen"),
             "guest-fsfreeze-status" => json!("thawed"),
             "guest-get-osinfo" if fake == Fake::WindowsAutoThaw => json!({"id": "mswindows"}),
             "guest-get-osinfo" => json!({"id": "fake"}),
             "guest-fsfreeze-freeze" if fake == Fake::HangOnFreeze => continue,
+            "guest-fsfreeze-freeze" if fake == Fake::FreezeFailsAndSticks => {
+                froze = true;
+                let error = json!({"error": {"class": "GenericError",
+                    "desc": "failed to freeze /data2: Device or resource busy"}});
+                let mut out = serde_json::to_vec(&error).unwrap();
+                out.push(b'\n');
+                write.write_all(&out).await.unwrap();
+                continue;
+            }
             "guest-fsfreeze-freeze" => json!(1),
             "guest-fsfreeze-thaw" => {
                 thawed.store(true, Ordering::SeqCst);

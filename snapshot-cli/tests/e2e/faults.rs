@@ -144,6 +144,43 @@ async fn agent_hanging_on_freeze_hits_the_deadline_and_is_thawed() {
     .await;
 }
 
+/// The freeze fails part-way and the guest stays frozen: the thaw cannot be confirmed,
+/// and that must win over the freeze error — never "thawed, nothing changed" (exit 3),
+/// and never a crash-consistent fallback on a guest that may be frozen.
+#[tokio::test]
+async fn failed_freeze_with_an_unconfirmed_thaw_reports_the_thaw() {
+    within(120, async {
+        let vm = QemuVm::builder()
+            .agent(Agent::Absent)
+            .start()
+            .await
+            .unwrap();
+        for quiesce in [Quiesce::Required, Quiesce::Preferred] {
+            let fake = vm.dir().join(format!("fake-{quiesce:?}.sock"));
+            let thawed = Arc::new(AtomicBool::new(false));
+            tokio::spawn(fake_agent(
+                fake.clone(),
+                Fake::FreezeFailsAndSticks,
+                thawed.clone(),
+            ));
+            let mut req = request(&vm, "stuck").qga(&fake).quiesce(quiesce);
+            req.guardian = None; // it would (rightly) keep trying after the test ends
+            let err = qsnap::snapshot(&req, &CancellationToken::new())
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(err, Error::ThawUnconfirmed { .. }),
+                "{quiesce:?}: {err:?}"
+            );
+            assert_eq!(err.exit_code(), 5);
+            assert!(thawed.load(Ordering::SeqCst), "a thaw must have been sent");
+            assert_eq!(overlay_files(&vm, "stuck"), Vec::<String>::new());
+            assert_eq!(qsnap_nodes(&vm).await, Vec::<String>::new());
+        }
+    })
+    .await;
+}
+
 /// Windows' VSS thaws by itself after 10 s; a later thaw fails with that message. The
 /// snapshot switched, so its overlays stay, but it must not be called consistent.
 #[tokio::test]
