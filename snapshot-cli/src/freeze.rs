@@ -6,7 +6,7 @@ use qga::commands::{
     FsfreezeStatus, GuestAgentInfo, GuestFsfreezeFreeze, GuestFsfreezeFreezeList,
     GuestFsfreezeStatus, GuestFsfreezeThaw, GuestGetOsinfo, GuestInfo,
 };
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tracing::{debug, warn};
 
@@ -140,36 +140,59 @@ impl Agent {
         }
     }
 
-    /// After a thaw attempt: makes sure the guest reads `thawed`, retrying the thaw
-    /// once (a freeze that timed out may have completed since).
+    /// After a thaw attempt: makes sure the guest reads `thawed`.
     pub(crate) async fn confirm_thawed(&self) -> Result<()> {
-        for attempt in 0..2 {
-            match self.status().await {
-                Ok(FsfreezeStatus::Thawed) => return Ok(()),
-                Ok(FsfreezeStatus::Frozen) => debug!(attempt, "still frozen; thawing again"),
-                Err(e) => debug!(attempt, error = %e, "status unknown; thawing again"),
-            }
-            let _ = self.thaw().await;
-        }
-        match self.status().await {
-            Ok(FsfreezeStatus::Thawed) => Ok(()),
-            Ok(FsfreezeStatus::Frozen) => Err(self.unconfirmed(None)),
-            Err(e) => Err(self.unconfirmed(Some(e))),
-        }
+        confirm_thawed(&self.client, &self.path).await
     }
+}
 
-    async fn status(&self) -> qga::Result<FsfreezeStatus> {
-        self.client
-            .execute_with_timeout(&GuestFsfreezeStatus, THAW_TIMEOUT)
-            .await
-    }
-
-    pub(crate) fn unconfirmed(&self, source: Option<qga::Error>) -> Error {
-        Error::ThawUnconfirmed {
-            qga: self.path.clone(),
-            source,
+/// Makes sure the guest reads `thawed`, thawing again up to twice (a freeze that
+/// timed out may have completed since).
+async fn confirm_thawed(client: &qga::Client, path: &Path) -> Result<()> {
+    let status = || client.execute_with_timeout(&GuestFsfreezeStatus, THAW_TIMEOUT);
+    let unconfirmed = |source| Error::ThawUnconfirmed {
+        qga: path.to_owned(),
+        source,
+    };
+    for attempt in 0..2 {
+        match status().await {
+            Ok(FsfreezeStatus::Thawed) => return Ok(()),
+            Ok(FsfreezeStatus::Frozen) => debug!(attempt, "still frozen; thawing again"),
+            Err(e) => debug!(attempt, error = %e, "status unknown; thawing again"),
         }
+        let _ = client
+            .execute_with_timeout(&GuestFsfreezeThaw, THAW_TIMEOUT)
+            .await;
     }
+    match status().await {
+        Ok(FsfreezeStatus::Thawed) => Ok(()),
+        Ok(FsfreezeStatus::Frozen) => Err(unconfirmed(None)),
+        Err(e) => Err(unconfirmed(Some(e))),
+    }
+}
+
+/// Connects to the agent at `path`, thaws, and confirms the guest reads `thawed`:
+/// what `qsnap thaw` and the guardian run to rescue a guest left frozen by anything.
+/// Returns the first thaw's count.
+///
+/// # Errors
+/// [`Error::ThawUnconfirmed`] when the agent cannot be reached or the guest still
+/// reads frozen.
+pub async fn thaw_guest(path: &Path, sync_timeout: Duration) -> Result<u64> {
+    let unconfirmed = |source| Error::ThawUnconfirmed {
+        qga: path.to_owned(),
+        source,
+    };
+    let config = qga::Config::default().sync_timeout(sync_timeout);
+    let client = qga::Client::connect(path, config)
+        .await
+        .map_err(|e| unconfirmed(Some(e)))?;
+    let n = client
+        .execute_with_timeout(&GuestFsfreezeThaw, THAW_TIMEOUT)
+        .await
+        .map_err(|e| unconfirmed(Some(e)))?;
+    confirm_thawed(&client, path).await?;
+    Ok(n)
 }
 
 /// Windows' VSS thaws by itself after 10 s: keep the budget below that.

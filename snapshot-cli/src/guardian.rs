@@ -13,7 +13,6 @@
 //!   SIGKILLs it, then thaws the same way.
 
 use crate::error::{Error, Result};
-use qga::commands::{FsfreezeStatus, GuestFsfreezeStatus, GuestFsfreezeThaw};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -143,15 +142,13 @@ fn kill(pid: u32) {
 /// Connects (retrying while the socket is busy), thaws and confirms.
 pub(crate) async fn rescue(qga: &Path, tag: &str) -> i32 {
     let give_up = Instant::now() + RESCUE_FOR;
-    let config = qga::Config::default().sync_timeout(Duration::from_secs(2));
     while Instant::now() < give_up {
-        match thaw_once(qga, config.clone()).await {
-            Ok(Some(n)) => {
+        match crate::freeze::thaw_guest(qga, Duration::from_secs(2)).await {
+            Ok(n) => {
                 eprintln!("{tag}: thawed {n} filesystem(s); the guest reports thawed");
                 return 0;
             }
-            Ok(None) => eprintln!("{tag}: thaw sent but the guest still reports frozen; retrying"),
-            Err(e) => eprintln!("{tag}: not thawed yet: {e}"),
+            Err(e) => eprintln!("{tag}: not thawed yet: {e:#}"),
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -160,14 +157,4 @@ pub(crate) async fn rescue(qga: &Path, tag: &str) -> i32 {
         qga.display()
     );
     5
-}
-
-/// One attempt: thaw, then confirm. `Ok(None)` when the guest still reads frozen.
-async fn thaw_once(qga: &Path, config: qga::Config) -> qga::Result<Option<u64>> {
-    let client = qga::Client::connect(qga, config).await?;
-    let n = client.execute(&GuestFsfreezeThaw).await?;
-    Ok(match client.execute(&GuestFsfreezeStatus).await? {
-        FsfreezeStatus::Thawed => Some(n),
-        FsfreezeStatus::Frozen => None,
-    })
 }

@@ -62,6 +62,7 @@ pub use coordinator::snapshot;
 #[doc = include_str!("../../docs/library.md")]
 pub mod guide {}
 pub use error::{Error, Result};
+pub use freeze::thaw_guest;
 pub use lock::VmLock;
 pub use report::{Consistency, DiskReport, Report, Timings};
 pub use request::{BeforeFreeze, Quiesce, SnapshotRequest};

@@ -3,8 +3,7 @@
 use super::{Global, interruptible, need, output};
 use anyhow::{Context, Result};
 use qga::commands::{
-    FsfreezeStatus, GuestFsfreezeFreeze, GuestFsfreezeFreezeList, GuestFsfreezeStatus,
-    GuestFsfreezeThaw, GuestPing,
+    FsfreezeStatus, GuestFsfreezeFreeze, GuestFsfreezeFreezeList, GuestFsfreezeStatus, GuestPing,
 };
 use qsnap::CancellationToken;
 use serde_json::json;
@@ -60,28 +59,10 @@ pub(crate) async fn freeze(
 pub(crate) async fn thaw(g: &Global, cancel: &CancellationToken) -> Result<()> {
     interruptible(cancel, async {
         let qga = need(&g.qga, "--qga")?;
-        let unconfirmed = |source| qsnap::Error::ThawUnconfirmed {
-            qga: qga.clone(),
-            source,
-        };
-        let config = qga::Config::default().sync_timeout(Duration::from_secs(10));
-        let agent = qga::Client::connect(&qga, config)
-            .await
-            .map_err(|e| unconfirmed(Some(e)))?;
-        let n = agent
-            .execute(&GuestFsfreezeThaw)
-            .await
-            .map_err(|e| unconfirmed(Some(e)))?;
-        let status = agent
-            .execute(&GuestFsfreezeStatus)
-            .await
-            .map_err(|e| unconfirmed(Some(e)))?;
-        if status != FsfreezeStatus::Thawed {
-            return Err(unconfirmed(None).into());
-        }
+        let n = qsnap::thaw_guest(&qga, Duration::from_secs(10)).await?;
         output::emit(
             g.json,
-            &json!({"thawed_filesystems": n, "status": status}),
+            &json!({"thawed_filesystems": n, "status": "thawed"}),
             |_| format!("thawed {n} filesystem(s); the guest reports thawed"),
         );
         Ok(())
