@@ -176,12 +176,12 @@ fn find_disk<'a>(blocks: &'a [BlockInfo], want: &str) -> Result<&'a BlockInfo> {
     plan::find(&candidates, want)
 }
 
-/// Deletes the merged-away top node and its file node, if the monitor added them (as
-/// qsnap does): QEMU keeps monitor-owned nodes alive after the pivot, and they keep
-/// claiming the base as their backing, which blocks the next snapshot of it. The
-/// overlay file itself stays on disk.
+/// Deletes the merged-away top node and its file node when qsnap added them: QEMU
+/// keeps monitor-owned nodes alive after the pivot, and they keep claiming the base as
+/// their backing, which blocks the next snapshot of it. Nodes qsnap did not create are
+/// left alone, and the overlay file itself stays on disk.
 async fn release(qmp: &qmp::Client, top: &str) {
-    for node in [top.to_owned(), format!("{top}-f")] {
+    for node in released_nodes(top) {
         match qmp
             .execute(&BlockdevDel {
                 node_name: node.clone(),
@@ -189,8 +189,17 @@ async fn release(qmp: &qmp::Client, top: &str) {
             .await
         {
             Ok(_) => debug!(node, "released"),
-            Err(e) => debug!(node, error = %e, "not released (not monitor-owned, or gone)"),
+            Err(e) => debug!(node, error = %e, "not released"),
         }
+    }
+}
+
+/// The nodes a commit of `top` releases: only qsnap's own overlay pair.
+fn released_nodes(top: &str) -> Vec<String> {
+    if plan::is_qsnap_node(top) {
+        vec![top.to_owned(), format!("{top}-f")]
+    } else {
+        Vec::new()
     }
 }
 
@@ -242,3 +251,20 @@ struct JobGone;
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 struct JobFailed(String);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_qsnap_overlay_nodes_are_released() {
+        assert_eq!(
+            released_nodes("qsnap-ab12cd-0"),
+            ["qsnap-ab12cd-0", "qsnap-ab12cd-0-f"]
+        );
+        assert!(
+            released_nodes("disk0").is_empty(),
+            "a user's node and its -f twin stay"
+        );
+    }
+}

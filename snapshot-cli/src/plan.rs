@@ -27,6 +27,14 @@ pub(crate) struct DiskPlan {
     pub(crate) file_node: String,
 }
 
+/// Every node qsnap adds is named `qsnap-<tag>-<disk>` (and `...-f` for its file).
+const NODE_PREFIX: &str = "qsnap-";
+
+/// Whether qsnap created the node (by its name).
+pub(crate) fn is_qsnap_node(name: &str) -> bool {
+    name.starts_with(NODE_PREFIX)
+}
+
 /// Checks a snapshot name: it becomes part of file names.
 pub(crate) fn validate_name(name: &str) -> Result<()> {
     let ok_chars = name
@@ -202,8 +210,8 @@ fn disk_plan(
         virtual_size: inserted.image.virtual_size,
         cluster_size: inserted.image.cluster_size,
         overlay: dir.join(format!("{stem}.{name}.qcow2")),
-        overlay_node: format!("qsnap-{tag}-{i}"),
-        file_node: format!("qsnap-{tag}-{i}-f"),
+        overlay_node: format!("{NODE_PREFIX}{tag}-{i}"),
+        file_node: format!("{NODE_PREFIX}{tag}-{i}-f"),
         node,
         file,
     })
