@@ -19,7 +19,7 @@ use qmp::commands::{
 use std::fs::OpenOptions;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 use tracing::{debug, warn};
 
@@ -92,11 +92,12 @@ struct Created {
     files: Vec<PathBuf>,
 }
 
-/// What this run created; shared so concurrent per-disk preparation can record into it.
-#[derive(Debug, Clone)]
+/// What this run created; behind a mutex so concurrent per-disk preparation can
+/// record into it.
+#[derive(Debug)]
 pub(crate) struct Prepared {
     qmp: qmp::Client,
-    created: Arc<Mutex<Created>>,
+    created: Mutex<Created>,
     /// Set once the transaction succeeded: the overlays are the VM's disks now.
     kept: bool,
 }
@@ -105,17 +106,20 @@ impl Prepared {
     pub(crate) fn new(qmp: qmp::Client) -> Self {
         Self {
             qmp,
-            created: Arc::default(),
+            created: Mutex::default(),
             kept: false,
         }
     }
 
     fn record(&self, f: impl FnOnce(&mut Created)) {
-        let mut created = self
-            .created
+        f(&mut self.lock());
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Created> {
+        // Poisoned only if a recording closure panicked; the record is still valid.
+        self.created
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        f(&mut created);
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Prepares every disk's overlay, concurrently.
@@ -222,35 +226,25 @@ impl Prepared {
         self.kept = true;
     }
 
-    /// Removes what this run created; returns what could not be removed.
-    pub(crate) async fn rollback(&mut self) -> Vec<String> {
+    /// Removes what this run created (what cannot be removed is logged).
+    pub(crate) async fn rollback(&mut self) {
         if self.kept {
-            return Vec::new();
+            return;
         }
         self.kept = true;
-        let created = std::mem::take(
-            &mut *self
-                .created
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-        );
-        rollback(&self.qmp, created).await
+        let created = std::mem::take(&mut *self.lock());
+        rollback(&self.qmp, created).await;
     }
 }
 
 impl Drop for Prepared {
     /// Dropped without `keep` or `rollback` (the future was cancelled): roll back on a
-    /// task. Only the last clone does it.
+    /// task.
     fn drop(&mut self) {
-        if self.kept || Arc::strong_count(&self.created) > 1 {
+        if self.kept {
             return;
         }
-        let created = std::mem::take(
-            &mut *self
-                .created
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-        );
+        let created = std::mem::take(&mut *self.lock());
         if created.jobs.is_empty() && created.nodes.is_empty() && created.files.is_empty() {
             return;
         }
@@ -262,7 +256,7 @@ impl Drop for Prepared {
     }
 }
 
-async fn rollback(qmp: &qmp::Client, created: Created) -> Vec<String> {
+async fn rollback(qmp: &qmp::Client, created: Created) {
     let mut left = Vec::new();
     // If the switch happened after all (a cancelled caller lost its reply), the
     // overlays are the disks now: keep everything.
@@ -273,7 +267,7 @@ async fn rollback(qmp: &qmp::Client, created: Created) -> Vec<String> {
             .collect();
         if created.nodes.iter().any(|n| active.contains(n)) {
             warn!("the overlays are active: the snapshot happened, nothing is rolled back");
-            return left;
+            return;
         }
     }
     settle_jobs(qmp, &created.jobs).await;
@@ -308,7 +302,6 @@ async fn rollback(qmp: &qmp::Client, created: Created) -> Vec<String> {
     if !left.is_empty() {
         warn!(?left, "rollback incomplete");
     }
-    left
 }
 
 fn is_no_such_node(e: &qmp::Error) -> bool {
