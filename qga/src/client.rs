@@ -2,9 +2,10 @@
 
 use crate::Config;
 use crate::connection::{Connection, Op, Request};
-use crate::error::{Error, Result};
+use crate::error::{Error, GuestJsonError, Result};
 use qmp::Disconnect;
 use qmp::wire::{Command, encode_execute};
+use bytes::Bytes;
 use serde::Serialize;
 use serde_json::Value;
 use std::path::Path;
@@ -17,6 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 #[derive(Debug, Clone)]
 pub struct Client {
     tx: mpsc::Sender<Request>,
+    urgent: mpsc::UnboundedSender<Bytes>,
     config: Config,
 }
 
@@ -42,6 +44,26 @@ impl Client {
         Self::start(read, write, config).await
     }
 
+    /// Connects without the opening sync: the first command resyncs instead.
+    ///
+    /// For rescuers: a thaw queued with [`Client::execute_urgent`] right after
+    /// connecting reaches an agent that cannot answer a sync yet (a slow fsfreeze hook
+    /// blocks it), and runs as soon as the agent is free.
+    ///
+    /// # Errors
+    /// [`Error::Connect`] when the socket cannot be opened.
+    pub async fn connect_unsynced(path: impl AsRef<Path>, config: Config) -> Result<Self> {
+        let path = path.as_ref();
+        let stream = qmp::socket::connect_unix(path, config.connect_timeout)
+            .await
+            .map_err(|source| Error::Connect {
+                path: path.to_owned(),
+                source,
+            })?;
+        let (read, write) = stream.into_split();
+        Ok(Self::spawn(read, write, config))
+    }
+
     /// Runs the opening sync over any byte stream (what tests and fake agents use).
     ///
     /// # Errors
@@ -59,11 +81,24 @@ impl Client {
         R: AsyncRead + Send + Unpin + 'static,
         W: AsyncWrite + Send + Unpin + 'static,
     {
-        let (tx, rx) = mpsc::channel(16);
-        tokio::spawn(Connection::new(read, write, config.clone()).run(rx));
-        let client = Self { tx, config };
+        let client = Self::spawn(read, write, config);
         client.sync().await?;
         Ok(client)
+    }
+
+    fn spawn<R, W>(read: R, write: W, config: Config) -> Self
+    where
+        R: AsyncRead + Send + Unpin + 'static,
+        W: AsyncWrite + Send + Unpin + 'static,
+    {
+        let (tx, rx) = mpsc::channel(16);
+        let (urgent, urgent_rx) = mpsc::unbounded_channel();
+        tokio::spawn(Connection::new(read, write, config.clone(), urgent_rx).run(rx));
+        Self {
+            tx,
+            urgent,
+            config,
+        }
     }
 
     /// Resynchronizes now (0xFF + `guest-sync-delimited`), under [`Config::sync_timeout`].
@@ -134,6 +169,27 @@ impl Client {
         Ok(rx)
     }
 
+    /// Writes `0xFF` and `cmd` at once — even while another request waits for its
+    /// reply, and without a resync first — and does not wait for a reply (the next
+    /// resync discards it).
+    ///
+    /// This is how a thaw reaches an agent that is still busy with a freeze (qemu-ga
+    /// serves one request at a time; a slow fsfreeze hook blocks even a resync): the
+    /// agent runs the thaw right after the freeze. Confirm the outcome afterwards with
+    /// an ordinary call (`guest-fsfreeze-status`). Usable from `Drop`.
+    ///
+    /// # Errors
+    /// [`Error::Encode`], or [`Error::Disconnected`] when the connection task is gone.
+    pub fn execute_urgent<C: Command>(&self, cmd: &C) -> Result<()> {
+        let message = encode_execute(C::NAME, cmd, None).map_err(|source| Error::Encode {
+            command: C::NAME.to_owned(),
+            source,
+        })?;
+        self.urgent
+            .send(message)
+            .map_err(|_| Error::Disconnected(Disconnect::Closed))
+    }
+
     /// Runs any command by name with JSON arguments (`Value::Null` for none).
     ///
     /// # Errors
@@ -201,6 +257,6 @@ fn execute_op(name: &str, args: &impl Serialize) -> Result<Op> {
 fn decode<C: Command>(value: Value) -> Result<C::Output> {
     serde_json::from_value(value).map_err(|source| Error::Decode {
         command: C::NAME.to_owned(),
-        source,
+        source: GuestJsonError(source),
     })
 }

@@ -9,9 +9,16 @@
 //! an earlier client) and `guest-sync-delimited` with a random id, then discard every
 //! frame until the `0xFF` sentinel followed by that id. Attempts repeat with new ids
 //! every `sync_retry` until the sync deadline, which reaches an agent that starts late.
+//!
+//! One thing does not wait its turn: an *urgent* command (the thaw after a freeze that
+//! did not answer). qemu-ga serves one request at a time, and a slow fsfreeze hook
+//! blocks it — even a resync goes unanswered — so a thaw that waited for a resync would
+//! never be written. An urgent command is written at once, `0xFF` first, even while a
+//! request waits for its reply: the agent runs it right after the request before it.
+//! Its reply (and the parse error the `0xFF` draws) are left for the next resync.
 
 use crate::Config;
-use crate::error::{Error, Result};
+use crate::error::{Error, GuestJsonError, Result};
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use qmp::Disconnect;
@@ -47,6 +54,10 @@ pub(crate) struct Connection<R, W> {
     config: Config,
     needs_sync: bool,
     closed: Option<Disconnect>,
+    /// Encoded commands to write at once (see the module docs).
+    urgent: mpsc::UnboundedReceiver<Bytes>,
+    /// How many urgent commands were written: each leaves replies nobody reads.
+    urgent_writes: u64,
 }
 
 fn frame_error(frame: Option<std::io::Result<Frame>>) -> Disconnect {
@@ -66,19 +77,34 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    pub(crate) fn new(read: R, write: W, config: Config) -> Self {
+    pub(crate) fn new(
+        read: R,
+        write: W,
+        config: Config,
+        urgent: mpsc::UnboundedReceiver<Bytes>,
+    ) -> Self {
         Self {
             reader: FramedRead::new(read, JsonLinesCodec::new(config.max_frame)),
             writer: FramedWrite::new(write, JsonLinesCodec::new(config.max_frame)),
             config,
             needs_sync: true,
             closed: None,
+            urgent,
+            urgent_writes: 0,
         }
     }
 
     pub(crate) async fn run(mut self, mut rx: mpsc::Receiver<Request>) {
         loop {
             tokio::select! {
+                biased;
+                // Cancel-safe: UnboundedReceiver::recv loses no message. A closed
+                // channel yields None, which disables the branch for this round.
+                Some(message) = self.urgent.recv(), if self.closed.is_none() => {
+                    if let Err(e) = self.write_urgent(message).await {
+                        self.close(e);
+                    }
+                }
                 // Cancel-safe: mpsc::Receiver::recv loses no message.
                 request = rx.recv() => match request {
                     Some(request) => self.serve(request).await,
@@ -87,6 +113,37 @@ where
                 // Cancel-safe: FramedRead keeps partial frames buffered. Only polled
                 // when closed is None, so EOF is not seen twice.
                 frame = self.reader.next(), if self.closed.is_none() => self.idle_frame(frame),
+            }
+        }
+    }
+
+    /// Writes `0xFF` and an urgent command now. The replies it draws are unread, so a
+    /// resync must come before the next command.
+    async fn write_urgent(&mut self, message: Bytes) -> std::result::Result<(), Disconnect> {
+        debug!("writing an urgent command behind whatever is in flight");
+        self.needs_sync = true;
+        self.urgent_writes += 1;
+        let written = async {
+            self.writer.feed(Outgoing::Sentinel).await?;
+            self.writer.feed(Outgoing::Message(message)).await?;
+            self.writer.flush().await
+        };
+        written.await.map_err(|e| Disconnect::Io(Arc::new(e)))
+    }
+
+    /// The next frame from the agent; urgent commands that arrive meanwhile are
+    /// written at once.
+    async fn next_frame(&mut self) -> Option<std::io::Result<Frame>> {
+        loop {
+            let message = tokio::select! {
+                biased;
+                // Cancel-safe: UnboundedReceiver::recv loses no message.
+                Some(message) = self.urgent.recv() => message,
+                // Cancel-safe: FramedRead keeps partial frames buffered.
+                frame = self.reader.next() => return frame,
+            };
+            if let Err(cause) = self.write_urgent(message).await {
+                return Some(Err(std::io::Error::other(cause.to_string())));
             }
         }
     }
@@ -164,7 +221,7 @@ where
     async fn execute(&mut self, name: &str, message: Bytes) -> Result<Value> {
         self.write(vec![Outgoing::Message(message)]).await?;
         loop {
-            let frame = self.reader.next().await;
+            let frame = self.next_frame().await;
             let line = match frame {
                 Some(Ok(Frame::Line(line))) => line,
                 Some(Ok(Frame::TooLong { limit })) => {
@@ -191,7 +248,7 @@ where
                     self.needs_sync = true;
                     return Err(Error::Malformed {
                         command: name.to_owned(),
-                        source,
+                        source: GuestJsonError(source),
                     });
                 }
             }
@@ -201,6 +258,7 @@ where
     /// The resync described in the module docs.
     async fn sync(&mut self, within: Duration) -> Result<()> {
         let deadline = Instant::now() + within;
+        let mut urgent_before = self.urgent_writes;
         loop {
             let id = random_id();
             let message = encode_execute("guest-sync-delimited", &json!({ "id": id }), None)
@@ -215,6 +273,12 @@ where
                 self.await_sync_reply(id).await
             };
             match timeout_at(attempt_end, attempt).await {
+                // An urgent command written during this attempt drew replies that
+                // may still be on their way: the stream is not clean yet; go again.
+                Ok(Ok(())) if self.urgent_writes != urgent_before => {
+                    urgent_before = self.urgent_writes;
+                    debug!("urgent write during the resync; resyncing again");
+                }
                 Ok(Ok(())) => {
                     self.needs_sync = false;
                     return Ok(());
@@ -235,7 +299,7 @@ where
     async fn await_sync_reply(&mut self, id: u64) -> Result<()> {
         let mut after_sentinel = false;
         loop {
-            let frame = self.reader.next().await;
+            let frame = self.next_frame().await;
             match frame {
                 Some(Ok(Frame::Sentinel { .. })) => after_sentinel = true,
                 Some(Ok(Frame::Line(line))) if after_sentinel => {

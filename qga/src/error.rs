@@ -70,7 +70,7 @@ pub enum Error {
         command: String,
         /// What was wrong.
         #[source]
-        source: serde_json::Error,
+        source: GuestJsonError,
     },
     /// The reply did not have the type the command declares.
     #[error("reply to {command} from the guest agent has an unexpected type")]
@@ -79,7 +79,7 @@ pub enum Error {
         command: String,
         /// What did not match.
         #[source]
-        source: serde_json::Error,
+        source: GuestJsonError,
     },
     /// The reply was longer than [`Config::max_frame`](crate::Config::max_frame).
     #[error("reply to {command} from the guest agent exceeds the {limit}-byte limit")]
@@ -142,6 +142,19 @@ impl Error {
         }
     }
 }
+
+/// A JSON error about bytes the guest wrote. serde quotes the offending input in its
+/// message (``unknown variant `…` ``), so the text is escaped before display.
+#[derive(Debug)]
+pub struct GuestJsonError(pub serde_json::Error);
+
+impl std::fmt::Display for GuestJsonError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&qmp::wire::escape(&self.0.to_string()))
+    }
+}
+
+impl std::error::Error for GuestJsonError {}
 
 /// Shorthand for results of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

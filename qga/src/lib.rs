@@ -51,4 +51,4 @@ mod error;
 
 pub use client::Client;
 pub use config::Config;
-pub use error::{Error, Result};
+pub use error::{Error, GuestJsonError, Result};

@@ -454,3 +454,90 @@ async fn agent_closing_mid_reply_is_a_disconnect_for_this_and_later_calls() {
     })
     .await;
 }
+
+/// A slow fsfreeze hook: the freeze does not answer, and the agent cannot answer a
+/// resync either. The thaw must still be written at once, behind the freeze, without a
+/// resync first — and the call after it must resync, because the freeze's reply, the
+/// parse error for the `0xFF` and the thaw's reply are all still to come.
+#[tokio::test]
+async fn urgent_thaw_is_written_behind_a_freeze_that_has_not_answered() {
+    within(async {
+        let (mut fake, client) = synced(Config::default()).await;
+        let freezer = client.clone();
+        let freeze = tokio::spawn(async move { freezer.execute(&GuestFsfreezeFreeze).await });
+        fake.expect("guest-fsfreeze-freeze").await;
+        // The hook is running: nothing is answered. The thaw goes out anyway.
+        client.execute_urgent(&GuestFsfreezeThaw).unwrap();
+        assert_eq!(fake.next().await, Inbound::Sentinel, "0xFF first");
+        fake.expect("guest-fsfreeze-thaw").await;
+        // The hook ends: the agent answers the freeze, the 0xFF, then the thaw.
+        fake.reply(json!(2)).await;
+        fake.send(b"{\"error\": {\"class\": \"GenericError\", \"desc\": \"JSON parse error, stray '\\uFFFD'\"}}\n")
+            .await;
+        fake.reply(json!(2)).await;
+        assert_eq!(freeze.await.unwrap().unwrap(), 2, "the freeze got its own reply");
+        // The next call must not take the thaw's `2` for its answer.
+        let (reply, ()) = tokio::join!(client.execute(&GuestFsfreezeStatus), async {
+            fake.answer_sync().await;
+            fake.expect("guest-fsfreeze-status").await;
+            fake.reply(json!("thawed")).await;
+        });
+        assert_eq!(reply.unwrap(), FsfreezeStatus::Thawed);
+    })
+    .await;
+}
+
+/// A thaw queued while a resync is unanswered (the hook blocks even the sync) is
+/// written at once too, and the sync that then succeeds does not count as a clean
+/// stream: the thaw's reply may still arrive after the sync's.
+#[tokio::test]
+async fn urgent_write_during_a_resync_keeps_the_stream_dirty() {
+    within(async {
+        let (mut fake, client) = synced(Config::default()).await;
+        // A garbled reply forces a resync before the next command.
+        let (reply, ()) = tokio::join!(client.execute(&GuestPing), async {
+            fake.expect("guest-ping").await;
+            fake.send(b"not json\n").await;
+        });
+        assert!(matches!(reply, Err(Error::Malformed { .. })), "{reply:?}");
+        let pinger = client.clone();
+        let ping = tokio::spawn(async move { pinger.execute(&GuestPing).await });
+        let id = fake.sync_request().await;
+        client.execute_urgent(&GuestFsfreezeThaw).unwrap();
+        assert_eq!(fake.next().await, Inbound::Sentinel);
+        fake.expect("guest-fsfreeze-thaw").await;
+        fake.send_sync_reply(id).await;
+        // The ping is written only after a second, clean resync.
+        fake.send(b"{\"error\": {\"class\": \"GenericError\", \"desc\": \"JSON parse error\"}}\n")
+            .await;
+        fake.reply(json!(0)).await;
+        fake.answer_sync().await;
+        fake.expect("guest-ping").await;
+        fake.reply(json!({})).await;
+        ping.await.unwrap().unwrap();
+    })
+    .await;
+}
+
+/// The guest names an unknown status: serde quotes the guest's bytes in its error,
+/// and they must reach a terminal escaped.
+#[tokio::test]
+async fn decode_errors_escape_the_guests_bytes() {
+    within(async {
+        let (mut fake, client) = synced(Config::default()).await;
+        let (reply, ()) = tokio::join!(client.execute(&GuestFsfreezeStatus), async {
+            fake.expect("guest-fsfreeze-status").await;
+            fake.reply(json!("\u{1b}]0;owned\u{7}\u{1b}[2J")).await;
+        });
+        let err = reply.unwrap_err();
+        let mut text = err.to_string();
+        let mut source = std::error::Error::source(&err);
+        while let Some(s) = source {
+            text.push_str(&format!(": {s}"));
+            source = s.source();
+        }
+        assert!(!text.contains('\u{1b}') && !text.contains('\u{7}'), "{text}");
+        assert!(text.contains("\\u{1b}]0;owned"), "{text}");
+    })
+    .await;
+}
