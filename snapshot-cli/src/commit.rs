@@ -33,6 +33,10 @@ pub struct CommitRequest {
     pub top: Option<String>,
     /// The node to commit into (default: the backing node of `top`).
     pub base: Option<String>,
+    /// Allow committing an overlay qsnap did not make into its backing image (by
+    /// default only qsnap's overlays are committed, so an image qsnap never touched —
+    /// perhaps a base shared by other VMs — is never written).
+    pub any_overlay: bool,
 }
 
 /// Job progress, in QEMU's units (bytes for commit).
@@ -62,7 +66,8 @@ pub struct CommitReport {
 /// Commits `top` into `base` and waits for the job to finish, reporting progress.
 ///
 /// # Errors
-/// [`Error::DiskNotFound`], [`Error::Invalid`] (no backing file to commit into),
+/// [`Error::DiskNotFound`], [`Error::Invalid`] (no backing file to commit into, or
+/// not an overlay qsnap made and no `base`/`any_overlay`),
 /// [`Error::Interrupted`] (the job was cancelled), [`Error::SnapshotFailed`] when the
 /// job fails, [`Error::Qmp`], [`Error::Busy`].
 pub async fn commit(
@@ -89,21 +94,29 @@ pub async fn commit(
         Some(b) => b.clone(),
         None => backing_node(&qmp, &top).await?,
     };
+    if req.base.is_none() && !req.any_overlay && !plan::is_qsnap_node(&top) {
+        return Err(Error::Invalid(format!(
+            "{top} is not an overlay qsnap made: committing it would write into {base}, an image qsnap never touched (a golden image shared by other VMs?); pass --any-overlay if that is what you want"
+        )));
+    }
     let job = format!("qsnap-commit-{}", std::process::id());
-    qmp.execute(&BlockCommit {
-        job_id: Some(job.clone()),
-        device: active.clone(),
-        top_node: Some(top.clone()),
-        base_node: Some(base.clone()),
-        auto_dismiss: Some(false),
-        ..Default::default()
-    })
-    .await
-    .map_err(Error::failed("starting block-commit"))?;
-    let outcome = follow(&qmp, &job, top == active, &mut progress, cancel).await;
-    let _ = qmp.execute(&JobDismiss { id: job.clone() }).await;
-    outcome?;
-    release(&qmp, &top).await;
+    let merged = live_commit(
+        &qmp,
+        &LiveCommit {
+            job: &job,
+            device: &active,
+            top: &top,
+            base: &base,
+        },
+        &mut progress,
+        Some(cancel),
+    )
+    .await;
+    // Released whatever the outcome: a pivot that happened leaves qsnap's nodes behind.
+    if merged.is_ok() {
+        release(&qmp, &top).await;
+    }
+    merged?;
     let blocks = qmp
         .execute(&QueryBlock)
         .await
@@ -119,8 +132,60 @@ pub async fn commit(
     })
 }
 
+/// One live merge: `top` into `base` on the disk whose active node is `device`.
+pub(crate) struct LiveCommit<'a> {
+    pub(crate) job: &'a str,
+    pub(crate) device: &'a str,
+    pub(crate) top: &'a str,
+    pub(crate) base: &'a str,
+}
+
+/// Runs `block-commit`, completes it when ready (active commit), follows it to its
+/// end and dismisses it. `cancel` (when given) cancels the job — unless it was already
+/// told to complete: then the commit finishes and is reported as done.
+///
+/// # Errors
+/// [`Error::Interrupted`] when the job was cancelled (QEMU leaves the chain as it was),
+/// [`Error::SnapshotFailed`] when it failed, [`Error::Qmp`] when QMP failed.
+pub(crate) async fn live_commit(
+    qmp: &qmp::Client,
+    c: &LiveCommit<'_>,
+    progress: &mut impl FnMut(Progress),
+    cancel: Option<&CancellationToken>,
+) -> Result<()> {
+    qmp.execute(&BlockCommit {
+        job_id: Some(c.job.to_owned()),
+        device: c.device.to_owned(),
+        top_node: Some(c.top.to_owned()),
+        base_node: Some(c.base.to_owned()),
+        auto_dismiss: Some(false),
+        ..Default::default()
+    })
+    .await
+    .map_err(Error::failed("starting block-commit"))?;
+    let never = CancellationToken::new();
+    let outcome = follow(
+        qmp,
+        c.job,
+        c.top == c.device,
+        progress,
+        cancel.unwrap_or(&never),
+    )
+    .await;
+    if let Err(e) = qmp
+        .execute(&JobDismiss {
+            id: c.job.to_owned(),
+        })
+        .await
+    {
+        debug!(job = c.job, error = %e, "not dismissed");
+    }
+    outcome
+}
+
 /// Polls the job until it concludes: completes it when `ready` (active commit),
-/// cancels it when interrupted.
+/// cancels it when interrupted before completing. A failed `query-jobs` is retried
+/// (the job must never be left `ready` forever).
 async fn follow(
     qmp: &qmp::Client,
     job: &str,
@@ -130,11 +195,23 @@ async fn follow(
 ) -> Result<()> {
     let mut completing = false;
     let mut cancelled = false;
+    let mut query_errors = 0;
     loop {
-        let jobs = qmp
-            .execute(&QueryJobs)
-            .await
-            .map_err(Error::qmp("query-jobs"))?;
+        let jobs = match qmp.execute(&QueryJobs).await {
+            Ok(jobs) => {
+                query_errors = 0;
+                jobs
+            }
+            Err(e) if e.is_disconnected() || query_errors >= 50 => {
+                return Err(Error::qmp("query-jobs")(e));
+            }
+            Err(e) => {
+                query_errors += 1;
+                debug!(job, error = %e, "query-jobs failed; retrying");
+                tokio::time::sleep(POLL).await;
+                continue;
+            }
+        };
         let Some(info) = jobs.into_iter().find(|j| j.id == job) else {
             return Err(Error::failed("committing")(JobGone));
         };
@@ -145,12 +222,15 @@ async fn follow(
         match info.status.as_str() {
             "concluded" | "null" => {
                 return match (info.error, cancelled) {
-                    (_, true) => Err(Error::Interrupted),
                     (Some(e), false) => Err(Error::failed("committing")(JobFailed(e))),
-                    (None, false) => Ok(()),
+                    // A cancel that lost the race to the job's own end is not an
+                    // interruption: report what the job did.
+                    (Some(_), true) => Err(Error::Interrupted),
+                    (None, true) if !completing => Err(Error::Interrupted),
+                    (None, _) => Ok(()),
                 };
             }
-            "ready" if active && !completing && !cancelled => {
+            "ready" if active && !completing && !cancelled && !cancel.is_cancelled() => {
                 debug!(job, "ready; completing");
                 qmp.execute(&JobComplete { id: job.to_owned() })
                     .await
@@ -159,14 +239,17 @@ async fn follow(
             }
             _ => {}
         }
-        if cancel.is_cancelled() && !cancelled {
+        // Once told to complete, the pivot is under way: let it finish.
+        if cancel.is_cancelled() && !cancelled && !completing {
             warn!(job, "interrupted: cancelling the commit job");
-            let _ = qmp.execute(&JobCancel { id: job.to_owned() }).await;
+            if let Err(e) = qmp.execute(&JobCancel { id: job.to_owned() }).await {
+                debug!(job, error = %e, "cancel refused");
+            }
             cancelled = true;
         }
         tokio::select! {
             () = tokio::time::sleep(POLL) => {}
-            () = cancel.cancelled(), if !cancelled => {}
+            () = cancel.cancelled(), if !cancelled && !completing => {}
         }
     }
 }
@@ -180,7 +263,7 @@ fn find_disk<'a>(blocks: &'a [BlockInfo], want: &str) -> Result<&'a BlockInfo> {
 /// keeps monitor-owned nodes alive after the pivot, and they keep claiming the base as
 /// their backing, which blocks the next snapshot of it. Nodes qsnap did not create are
 /// left alone, and the overlay file itself stays on disk.
-async fn release(qmp: &qmp::Client, top: &str) {
+pub(crate) async fn release(qmp: &qmp::Client, top: &str) {
     for node in released_nodes(top) {
         match qmp
             .execute(&BlockdevDel {

@@ -10,11 +10,11 @@ use std::path::PathBuf;
 pub enum Error {
     /// Another qsnap holds this VM's lock.
     #[error(
-        "another qsnap is already working on the VM at {} (lock {}); wait for it to finish",
+        "another qsnap (or its guardian, which thaws the guest after a failed run) is working on the VM at {} (lock {}); wait for it to finish",
         qmp.display(), lock.display()
     )]
     Busy {
-        /// The QMP socket.
+        /// The socket the lock is keyed on.
         qmp: PathBuf,
         /// The lock file.
         lock: PathBuf,
@@ -77,18 +77,31 @@ pub enum Error {
         #[source]
         source: Option<qga::Error>,
     },
-    /// The disks were switched, but not while frozen (e.g. the guest thawed on its own
-    /// or the deadline passed first). The overlays are in place.
-    #[error("the snapshot was taken but is not filesystem-consistent: {reason}")]
+    /// The disks were switched, but not verifiably while frozen (the transaction
+    /// answered after the freeze deadline, or the guest thawed early), and the quiesce
+    /// policy (`preferred`, `off`) keeps such a snapshot: the overlays are in place and
+    /// the snapshot is crash-consistent. Under `required` such a switch is undone
+    /// instead.
+    #[error("the snapshot was taken and kept, but it is only crash-consistent: {reason}")]
     NotConsistent {
         /// Why.
         reason: String,
         /// What was done.
         report: Box<Report>,
     },
-    /// Interrupted (Ctrl-C, SIGTERM); the guest was thawed and the overlays rolled back.
+    /// Interrupted (Ctrl-C, SIGTERM, SIGHUP); the guest was thawed and the overlays
+    /// rolled back (both checked).
     #[error("interrupted; the guest was thawed and nothing was left behind")]
     Interrupted,
+    /// The run failed and its cleanup could not remove everything (or could not check
+    /// that it did): each leftover is listed with what to do about it.
+    #[error("{failure}; cleanup incomplete, left behind: {}", left.join("; "))]
+    CleanupIncomplete {
+        /// What went wrong first (no claim about the VM's state).
+        failure: String,
+        /// What is left, each with what to do.
+        left: Vec<String>,
+    },
     /// QMP failed outside the snapshot itself (connecting, querying).
     #[error("QMP: {during}")]
     Qmp {
@@ -123,14 +136,33 @@ pub enum Error {
 impl Error {
     /// `qsnap`'s exit code for this error: 3 quiesce required but unavailable or failed
     /// (nothing changed), 4 snapshot failed (guest thawed, nothing left behind), 5 thaw
-    /// not confirmed, 130 interrupted, 1 anything else.
+    /// not confirmed, 6 taken and kept but only crash-consistent, 7 cleanup incomplete,
+    /// 130 interrupted, 1 anything else.
     pub fn exit_code(&self) -> i32 {
         match self {
             Self::QuiesceUnavailable { .. } | Self::QuiesceFailed { .. } => 3,
-            Self::SnapshotFailed { .. } | Self::NotConsistent { .. } => 4,
+            Self::SnapshotFailed { .. } => 4,
             Self::ThawUnconfirmed { .. } => 5,
+            Self::NotConsistent { .. } => 6,
+            Self::CleanupIncomplete { .. } => 7,
             Self::Interrupted => 130,
             _ => 1,
+        }
+    }
+
+    /// What went wrong, without this variant's claim about the VM's state: for an
+    /// error whose claim a failed cleanup no longer backs.
+    pub(crate) fn failure(&self) -> String {
+        match self {
+            Self::QuiesceFailed { reason, source } => match source {
+                Some(s) => format!("quiesce failed: {reason}: {}", chain(s)),
+                None => format!("quiesce failed: {reason}"),
+            },
+            Self::SnapshotFailed { during, source } => {
+                format!("snapshot failed while {during}: {}", chain(source.as_ref()))
+            }
+            Self::Interrupted => "interrupted".to_owned(),
+            other => chain(other),
         }
     }
 
@@ -147,6 +179,18 @@ impl Error {
             source: Box::new(e),
         }
     }
+}
+
+/// An error and its sources, `: `-separated.
+pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }
 
 /// Shorthand for results of this crate.

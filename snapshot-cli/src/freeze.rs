@@ -8,6 +8,7 @@ use qga::commands::{
 };
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use tokio::time::Instant;
 use tracing::{debug, warn};
 
 /// What Windows' VSS provider answers when it already thawed by itself (10 s limit).
@@ -16,6 +17,9 @@ const WINDOWS_AUTO_THAW: &str = "fsfreeze is limited up to 10 seconds";
 const WINDOWS_BUDGET: Duration = Duration::from_millis(9_000);
 /// Deadline for each thaw-side call.
 const THAW_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a rescuer waits for a sync before it writes the thaw behind whatever the
+/// agent is busy with.
+const RESCUE_SYNC: Duration = Duration::from_secs(2);
 
 /// A connected agent that can freeze.
 #[derive(Debug, Clone)]
@@ -122,7 +126,7 @@ impl Agent {
         }
     }
 
-    /// Sends the thaw; returns its count. Distinguishes Windows' own early thaw.
+    /// Sends the thaw and waits for its count. Distinguishes Windows' own early thaw.
     pub(crate) async fn thaw(&self) -> std::result::Result<u64, ThawError> {
         match self
             .client
@@ -140,59 +144,104 @@ impl Agent {
         }
     }
 
-    /// After a thaw attempt: makes sure the guest reads `thawed`.
-    pub(crate) async fn confirm_thawed(&self) -> Result<()> {
-        confirm_thawed(&self.client, &self.path).await
-    }
-}
-
-/// Makes sure the guest reads `thawed`, thawing again up to twice (a freeze that
-/// timed out may have completed since).
-async fn confirm_thawed(client: &qga::Client, path: &Path) -> Result<()> {
-    let status = || client.execute_with_timeout(&GuestFsfreezeStatus, THAW_TIMEOUT);
-    let unconfirmed = |source| Error::ThawUnconfirmed {
-        qga: path.to_owned(),
-        source,
-    };
-    for attempt in 0..2 {
-        match status().await {
-            Ok(FsfreezeStatus::Thawed) => return Ok(()),
-            Ok(FsfreezeStatus::Frozen) => debug!(attempt, "still frozen; thawing again"),
-            Err(e) => debug!(attempt, error = %e, "status unknown; thawing again"),
+    /// Writes `0xFF` + thaw at once, behind a freeze that has not answered.
+    pub(crate) fn thaw_behind(&self) {
+        if let Err(e) = self.client.execute_urgent(&GuestFsfreezeThaw) {
+            warn!(error = %e, "could not queue the thaw");
         }
-        let _ = client
-            .execute_with_timeout(&GuestFsfreezeThaw, THAW_TIMEOUT)
-            .await;
     }
-    match status().await {
-        Ok(FsfreezeStatus::Thawed) => Ok(()),
-        Ok(FsfreezeStatus::Frozen) => Err(unconfirmed(None)),
-        Err(e) => Err(unconfirmed(Some(e))),
+
+    /// After a thaw attempt: makes sure the guest reads `thawed` before `until`.
+    pub(crate) async fn confirm_thawed(&self, until: Instant) -> Result<()> {
+        confirm_thawed(&self.client, until)
+            .await
+            .map(drop)
+            .map_err(|source| Error::ThawUnconfirmed {
+                qga: self.path.clone(),
+                source,
+            })
     }
 }
 
-/// Connects to the agent at `path`, thaws, and confirms the guest reads `thawed`:
-/// what `qsnap thaw` and the guardian run to rescue a guest left frozen by anything.
-/// Returns the first thaw's count.
+/// Reads `guest-fsfreeze-status` (thawing again while it says `frozen`) until the guest
+/// reads `thawed` or `until` passes. Returns the count of the last thaw it sent.
+async fn confirm_thawed(
+    client: &qga::Client,
+    until: Instant,
+) -> std::result::Result<Option<u64>, Option<qga::Error>> {
+    let mut count = None;
+    let mut last = None;
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(last);
+        }
+        let step = left.min(THAW_TIMEOUT);
+        let status = tokio::time::timeout_at(
+            until,
+            client.execute_with_timeout(&GuestFsfreezeStatus, step),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(qga::Error::Timeout {
+                command: "guest-fsfreeze-status".into(),
+                after: step,
+            })
+        });
+        match status {
+            Ok(FsfreezeStatus::Thawed) => return Ok(count),
+            Ok(FsfreezeStatus::Frozen) => {
+                debug!("still frozen; thawing again");
+                match client.execute_with_timeout(&GuestFsfreezeThaw, step).await {
+                    Ok(n) => count = Some(n),
+                    Err(e) => last = Some(e),
+                }
+            }
+            Err(e) if e.is_disconnected() => return Err(Some(e)),
+            Err(e) => {
+                debug!(error = %e, "status unknown; asking again");
+                last = Some(e);
+            }
+        }
+    }
+}
+
+/// Connects to the agent at `path`, thaws, and reads the status until the guest
+/// reports `thawed`, within `within`: what `qsnap thaw` and the guardian run to rescue a
+/// guest left frozen by anything. An agent that cannot answer a sync within 2 s (a
+/// slow fsfreeze hook holds it) gets `0xFF` + thaw written behind whatever it is busy
+/// with; that thaw runs as soon as the agent is free. Returns the count of a thaw that
+/// answered, if one did.
 ///
 /// # Errors
-/// [`Error::ThawUnconfirmed`] when the agent cannot be reached or the guest still
-/// reads frozen.
-pub async fn thaw_guest(path: &Path, sync_timeout: Duration) -> Result<u64> {
+/// [`Error::ThawUnconfirmed`] when the agent cannot be reached or the guest does not
+/// read `thawed` in time.
+pub async fn thaw_guest(path: &Path, within: Duration) -> Result<Option<u64>> {
+    let until = Instant::now() + within;
     let unconfirmed = |source| Error::ThawUnconfirmed {
         qga: path.to_owned(),
         source,
     };
-    let config = qga::Config::default().sync_timeout(sync_timeout);
-    let client = qga::Client::connect(path, config)
+    let config = qga::Config::default().sync_timeout(within.min(RESCUE_SYNC));
+    let client = qga::Client::connect_unsynced(path, config)
         .await
         .map_err(|e| unconfirmed(Some(e)))?;
-    let n = client
-        .execute_with_timeout(&GuestFsfreezeThaw, THAW_TIMEOUT)
-        .await
-        .map_err(|e| unconfirmed(Some(e)))?;
-    confirm_thawed(&client, path).await?;
-    Ok(n)
+    let first = client
+        .execute_with_timeout(&GuestFsfreezeThaw, within.min(THAW_TIMEOUT))
+        .await;
+    let count = match first {
+        Ok(n) => Some(n),
+        Err(e) if e.is_disconnected() => return Err(unconfirmed(Some(e))),
+        Err(e) => {
+            debug!(error = %e, "the agent is busy; writing the thaw behind what it is doing");
+            client
+                .execute_urgent(&GuestFsfreezeThaw)
+                .map_err(|e| unconfirmed(Some(e)))?;
+            None
+        }
+    };
+    let later = confirm_thawed(&client, until).await.map_err(unconfirmed)?;
+    Ok(later.or(count))
 }
 
 /// Windows' VSS thaws by itself after 10 s: keep the budget below that.
@@ -232,8 +281,9 @@ pub(crate) enum ThawError {
 }
 
 /// Thaws on drop unless disarmed: the freeze's safety net for errors, panics and
-/// cancelled futures. The thaw is queued on the agent connection's task, which runs it
-/// even after every handle is gone (as long as the runtime lives).
+/// cancelled futures. The thaw is written at once by the agent connection's task —
+/// behind a freeze still in flight — even after every handle is gone (as long as the
+/// runtime lives).
 pub(crate) struct FreezeGuard {
     client: Option<qga::Client>,
 }
@@ -255,8 +305,8 @@ impl FreezeGuard {
 impl Drop for FreezeGuard {
     fn drop(&mut self) {
         if let Some(client) = self.client.take() {
-            warn!("leaving the frozen window abnormally: queueing a thaw");
-            if let Err(e) = client.execute_detached(&GuestFsfreezeThaw) {
+            warn!("leaving the frozen window abnormally: writing a thaw at once");
+            if let Err(e) = client.execute_urgent(&GuestFsfreezeThaw) {
                 warn!(error = %e, "could not queue the thaw");
             }
         }

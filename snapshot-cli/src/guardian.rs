@@ -1,31 +1,49 @@
 //! The out-of-process guardian: thaws the guest if the coordinator dies while frozen.
 //!
 //! No in-process mechanism survives SIGKILL, and qemu-ga never thaws by itself, so
-//! before freezing the coordinator starts `qsnap guardian` in its own process group
-//! (a Ctrl-C to the terminal does not reach it) with a pipe on its stdin, and waits
-//! for it to report `armed`. Then:
+//! before freezing the coordinator starts `qsnap guardian`, waits for `armed`, and
+//! tells it its phase over a pipe on the guardian's stdin:
 //!
-//! * coordinator finishes: it writes `disarm` and the guardian exits quietly;
-//! * coordinator dies (even SIGKILL): the kernel closes the pipe, the guardian reads
-//!   EOF, connects to the agent socket as soon as QEMU frees it (it serves one client
-//!   at a time), resyncs, thaws, confirms `thawed`, and logs what it did;
-//! * coordinator hangs past the freeze deadline plus a grace period: the guardian
-//!   SIGKILLs it, then thaws the same way.
+//! * `frozen` — written *before* the freeze is sent. From now on, EOF on the pipe (the
+//!   coordinator died, even by SIGKILL, or gave up with the thaw unconfirmed) makes the
+//!   guardian rescue the guest. If the coordinator is still not `thawed` at the freeze
+//!   deadline plus [`GRACE`], it is hung while holding the agent socket (qemu-ga's
+//!   chardev serves one client): the guardian SIGKILLs it, then rescues.
+//! * `thawed` — the coordinator confirmed the guest reads `thawed`. Nothing is killed
+//!   after this, however long the cleanup takes.
+//! * `done` or EOF after `thawed` — the guardian exits quietly.
+//!
+//! A rescue connects without waiting for a sync, writes `0xFF` + thaw at once (it
+//! queues behind a freeze a slow fsfreeze hook still holds), then resyncs and reads
+//! `guest-fsfreeze-status` until the guest reports `thawed`, for up to [`RESCUE_FOR`].
+//!
+//! The guardian survives what kills a coordinator: it starts its own session
+//! (`setsid`: no controlling terminal, so a closed SSH session sends it no SIGHUP),
+//! ignores SIGHUP, SIGINT and SIGTERM, never writes to the terminal (its log goes to a
+//! file beside the VM lock and to syslog), and renames itself `fsthaw-guard` so that
+//! `pkill qsnap` does not take it along. It inherits the coordinator's VM lock, so no
+//! other qsnap can freeze the VM (and have that freeze thawed by this guardian) until
+//! it has finished.
 
 use crate::error::{Error, Result};
+use crate::lock::VmLock;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
-use tokio::time::{Instant, timeout, timeout_at};
+use tokio::time::{Instant, sleep_until, timeout};
 
 /// Extra time the coordinator gets past its freeze deadline before the guardian acts.
 pub const GRACE: Duration = Duration::from_secs(5);
-/// How long the guardian keeps trying to reach the agent.
-const RESCUE_FOR: Duration = Duration::from_secs(60);
+/// How long a rescue keeps trying to see the guest thawed (a slow fsfreeze hook can
+/// hold the agent for minutes).
+pub const RESCUE_FOR: Duration = Duration::from_secs(15 * 60);
+/// The guardian's process name (`comm`), chosen so `pkill qsnap` does not match it.
+pub const PROCESS_NAME: &str = "fsthaw-guard";
 
-/// An armed guardian process.
+/// An armed guardian process. Dropping it closes the pipe: the guardian then rescues
+/// the guest if it was told `frozen` and never `thawed`.
 #[derive(Debug)]
 pub(crate) struct Guardian {
     child: Child,
@@ -33,14 +51,21 @@ pub(crate) struct Guardian {
 }
 
 impl Guardian {
-    /// Starts `exe guardian ...` and waits until it is armed.
-    pub(crate) async fn arm(exe: &Path, qga: &Path, deadline: Duration) -> Result<Self> {
+    /// Starts `exe guardian ...`, hands it the VM lock, and waits until it is armed.
+    pub(crate) async fn arm(
+        exe: &Path,
+        qga: &Path,
+        deadline: Duration,
+        lock: &VmLock,
+    ) -> Result<Self> {
         let failed = |e: std::io::Error| Error::Io {
             what: "cannot start the guardian",
             path: exe.to_owned(),
             source: e,
         };
-        let mut child = Command::new(exe)
+        // The child holds this duplicate (no close-on-exec) for its whole life.
+        let inherited = lock.inheritable().map_err(failed)?;
+        let spawned = Command::new(exe)
             .arg("guardian")
             .arg("--qga")
             .arg(qga)
@@ -48,12 +73,14 @@ impl Guardian {
             .arg(std::process::id().to_string())
             .arg("--deadline-ms")
             .arg(deadline.as_millis().to_string())
+            .arg("--log")
+            .arg(log_path(lock.path()))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .process_group(0)
-            .spawn()
-            .map_err(failed)?;
+            .stderr(Stdio::null())
+            .spawn();
+        drop(inherited);
+        let mut child = spawned.map_err(failed)?;
         let stdout = child
             .stdout
             .take()
@@ -76,11 +103,31 @@ impl Guardian {
         })
     }
 
-    /// Tells the guardian the guest is thawed, and reaps it.
+    /// Tells the guardian a phase. Fails if the guardian is gone.
+    async fn tell(&mut self, phase: &str) -> std::io::Result<()> {
+        let stdin = self
+            .stdin
+            .as_mut()
+            .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::BrokenPipe))?;
+        stdin.write_all(format!("{phase}\n").as_bytes()).await?;
+        stdin.flush().await
+    }
+
+    /// Before the freeze is sent. An error means nobody would rescue the guest: do not
+    /// freeze.
+    pub(crate) async fn frozen(&mut self) -> Result<()> {
+        self.tell("frozen").await.map_err(|e| Error::Io {
+            what: "the guardian is gone; not freezing without it",
+            path: PathBuf::from("qsnap guardian"),
+            source: e,
+        })
+    }
+
+    /// The guest was confirmed thawed: the guardian stands down.
     pub(crate) async fn disarm(mut self) {
-        if let Some(mut stdin) = self.stdin.take() {
-            let _ = stdin.write_all(b"disarm\n").await;
-        }
+        let _ = self.tell("thawed").await;
+        let _ = self.tell("done").await;
+        self.stdin = None;
         if timeout(Duration::from_secs(2), self.child.wait())
             .await
             .is_err()
@@ -88,6 +135,11 @@ impl Guardian {
             let _ = self.child.start_kill();
         }
     }
+}
+
+/// The guardian's log, beside the VM lock.
+pub fn log_path(lock: &Path) -> PathBuf {
+    lock.with_extension("guardian.log")
 }
 
 /// The guardian's arguments (`qsnap guardian`).
@@ -99,35 +151,78 @@ pub struct GuardianArgs {
     pub coordinator: u32,
     /// The coordinator's freeze deadline.
     pub deadline: Duration,
+    /// Where to log (appended); syslog gets the same lines.
+    pub log: Option<PathBuf>,
 }
 
-/// Runs the guardian; returns its exit code (0: disarmed or thawed, 5: could not thaw).
+/// The coordinator's phase, as told over the pipe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Armed,
+    Frozen(Instant),
+    Thawed,
+}
+
+/// Runs the guardian; returns its exit code (0: nothing to do or thawed, 5: could not
+/// confirm a thaw).
 pub async fn run(args: GuardianArgs) -> i32 {
-    let tag = format!("qsnap guardian[{}]", std::process::id());
+    detach();
+    let log = crate::guardian_log::Log::open(args.log.as_deref());
     let mut stdout = tokio::io::stdout();
     if stdout.write_all(b"armed\n").await.is_err() || stdout.flush().await.is_err() {
         return 1;
     }
     drop(stdout);
-    let mut line = String::new();
-    let until = Instant::now() + args.deadline + GRACE;
-    let mut stdin = BufReader::new(tokio::io::stdin());
-    match timeout_at(until, stdin.read_line(&mut line)).await {
-        Ok(Ok(_)) if line.trim() == "disarm" => return 0,
-        Ok(_) => eprintln!(
-            "{tag}: coordinator {} ended while the guest may be frozen; thawing",
-            args.coordinator
-        ),
-        Err(_) => {
-            eprintln!(
-                "{tag}: coordinator {} still not done {:?} after freezing; killing it and thawing",
-                args.coordinator,
-                args.deadline + GRACE
-            );
-            kill(args.coordinator);
-        }
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    let mut phase = Phase::Armed;
+    loop {
+        let kill_at = match phase {
+            Phase::Frozen(since) => Some(since + args.deadline + GRACE),
+            _ => None,
+        };
+        let line = tokio::select! {
+            // Cancel-safe: Lines keeps a partial line buffered.
+            line = lines.next_line() => line.ok().flatten(),
+            () = sleep_until(kill_at.unwrap_or_else(Instant::now)), if kill_at.is_some() => {
+                log.line(&format!(
+                    "coordinator {} still not thawed {:?} after freezing; killing it and thawing",
+                    args.coordinator, args.deadline + GRACE
+                ));
+                kill(args.coordinator);
+                return rescue(&args.qga, &log).await;
+            }
+        };
+        phase = match (phase, line.as_deref().map(str::trim)) {
+            (_, Some("frozen")) => Phase::Frozen(Instant::now()),
+            (_, Some("thawed")) => Phase::Thawed,
+            (Phase::Frozen(_), None | Some("done")) => {
+                log.line(&format!(
+                    "coordinator {} ended while the guest may be frozen; thawing",
+                    args.coordinator
+                ));
+                return rescue(&args.qga, &log).await;
+            }
+            (_, None | Some("done")) => return 0,
+            (p, Some(_)) => p,
+        };
     }
-    rescue(&args.qga, &tag).await
+}
+
+/// Leaves the coordinator's session and terminal behind.
+fn detach() {
+    // Fails only if already a group leader; then the terminal may still reach us, but
+    // the signals below are handled anyway.
+    let _ = rustix::process::setsid();
+    let _ = rustix::thread::set_name(c"fsthaw-guard");
+    for kind in [
+        tokio::signal::unix::SignalKind::hangup(),
+        tokio::signal::unix::SignalKind::interrupt(),
+        tokio::signal::unix::SignalKind::terminate(),
+    ] {
+        // tokio keeps a registered handler for the life of the process, so the
+        // default action (exit) is gone even after the stream is dropped.
+        drop(tokio::signal::unix::signal(kind));
+    }
 }
 
 fn kill(pid: u32) {
@@ -139,22 +234,29 @@ fn kill(pid: u32) {
     }
 }
 
-/// Connects (retrying while the socket is busy), thaws and confirms.
-pub(crate) async fn rescue(qga: &Path, tag: &str) -> i32 {
+/// Queues a thaw at once, then keeps confirming until the guest reads thawed.
+pub(crate) async fn rescue(qga: &Path, log: &crate::guardian_log::Log) -> i32 {
     let give_up = Instant::now() + RESCUE_FOR;
+    let mut last_error = String::new();
     while Instant::now() < give_up {
-        match crate::freeze::thaw_guest(qga, Duration::from_secs(2)).await {
-            Ok(n) => {
-                eprintln!("{tag}: thawed {n} filesystem(s); the guest reports thawed");
+        match crate::freeze::thaw_guest(qga, give_up - Instant::now()).await {
+            Ok(_) => {
+                log.line("the guest reports thawed");
                 return 0;
             }
-            Err(e) => eprintln!("{tag}: not thawed yet: {e:#}"),
+            Err(e) => {
+                let text = format!("{e:#}");
+                if text != last_error {
+                    log.line(&format!("not thawed yet: {text}"));
+                    last_error = text;
+                }
+            }
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    eprintln!(
-        "{tag}: could not thaw the guest within {RESCUE_FOR:?}; run `qsnap thaw --qga {}`",
+    log.line(&format!(
+        "could not confirm a thaw within {RESCUE_FOR:?}; run `qsnap thaw --qga {}`",
         qga.display()
-    );
+    ));
     5
 }

@@ -50,11 +50,15 @@ mod coordinator;
 mod error;
 mod freeze;
 pub mod guardian;
+mod guardian_log;
 mod lock;
 mod overlay;
 mod plan;
 mod report;
 mod request;
+mod settle;
+mod undo;
+mod window;
 
 pub use commit::{CommitReport, CommitRequest, commit};
 pub use coordinator::snapshot;
@@ -63,7 +67,7 @@ pub use coordinator::snapshot;
 pub mod guide {}
 pub use error::{Error, Result};
 pub use freeze::thaw_guest;
-pub use lock::VmLock;
+pub use lock::{VmLock, lock_path};
 pub use report::{Consistency, DiskReport, Report, Timings};
 pub use request::{BeforeFreeze, Quiesce, SnapshotRequest};
 pub use tokio_util::sync::CancellationToken;

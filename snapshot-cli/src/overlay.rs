@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::plan::DiskPlan;
 use qmp::commands::{
     BackingRef, BlockdevAdd, BlockdevCreate, BlockdevCreateOptions, BlockdevDel, BlockdevOptions,
-    JobCancel, JobDismiss, QueryBlock, QueryJobs,
+    JobCancel, JobDismiss, QueryBlock, QueryJobs, QueryNamedBlockNodes,
 };
 use std::fs::OpenOptions;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
@@ -26,8 +26,36 @@ use tracing::{debug, warn};
 /// How long a `blockdev-create` job may take (it writes a qcow2 header).
 const CREATE_JOB_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// A file this run created: its path and the identity (device, inode) it had then.
+#[derive(Debug, Clone)]
+pub(crate) struct CreatedFile {
+    pub(crate) path: PathBuf,
+    dev: u64,
+    ino: u64,
+    /// Birth time: an inode number is reused at once after an unlink, a birth time
+    /// is not.
+    born: Option<std::time::SystemTime>,
+}
+
+impl CreatedFile {
+    fn is(&self, m: &std::fs::Metadata) -> bool {
+        m.dev() == self.dev && m.ino() == self.ino && m.created().ok() == self.born
+    }
+
+    /// Unlinks the file only if the path still names the inode this run created
+    /// (in a shared directory someone may have replaced it since).
+    fn remove(&self) -> std::result::Result<(), String> {
+        match std::fs::symlink_metadata(&self.path) {
+            Ok(m) if self.is(&m) => std::fs::remove_file(&self.path).map_err(|e| e.to_string()),
+            Ok(_) => Err("the path now names another file; left alone".into()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
 /// Creates `path` exclusively, with the mode and owner of `like`.
-pub(crate) fn create_exclusive(path: &Path, like: &Path) -> Result<()> {
+pub(crate) fn create_exclusive(path: &Path, like: &Path) -> Result<CreatedFile> {
     let io = |what| {
         let path = path.to_owned();
         move |source| Error::Io { what, path, source }
@@ -50,7 +78,13 @@ pub(crate) fn create_exclusive(path: &Path, like: &Path) -> Result<()> {
     if let Err(e) = std::os::unix::fs::fchown(&file, Some(meta.uid()), Some(meta.gid())) {
         debug!(error = %e, "overlay keeps this process's owner");
     }
-    Ok(())
+    let created = file.metadata().map_err(io("cannot inspect"))?;
+    Ok(CreatedFile {
+        path: path.to_owned(),
+        dev: created.dev(),
+        ino: created.ino(),
+        born: created.created().ok(),
+    })
 }
 
 #[cfg(test)]
@@ -80,6 +114,24 @@ mod tests {
         let meta = std::fs::metadata(&fresh).unwrap();
         assert_eq!((meta.len(), meta.mode() & 0o777), (0, 0o640));
     }
+
+    #[test]
+    fn rollback_never_unlinks_a_file_that_replaced_the_one_it_created() {
+        let dir = tempfile::tempdir().unwrap();
+        let like = dir.path().join("active.qcow2");
+        std::fs::write(&like, b"image").unwrap();
+        let path = dir.path().join("o.qcow2");
+        let created = create_exclusive(&path, &like).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(&path, b"someone else's").unwrap();
+        assert!(created.remove().is_err());
+        assert_eq!(std::fs::read(&path).unwrap(), b"someone else's");
+        std::fs::remove_file(&path).unwrap();
+        let created = create_exclusive(&path, &like).unwrap();
+        created.remove().unwrap();
+        assert!(!path.exists());
+        created.remove().unwrap();
+    }
 }
 
 #[derive(Debug, Default)]
@@ -89,7 +141,7 @@ struct Created {
     /// Nodes added, in order.
     nodes: Vec<String>,
     /// Files created.
-    files: Vec<PathBuf>,
+    files: Vec<CreatedFile>,
 }
 
 /// What this run created; behind a mutex so concurrent per-disk preparation can
@@ -129,8 +181,8 @@ impl Prepared {
     }
 
     async fn prepare(&self, plan: &DiskPlan) -> Result<()> {
-        create_exclusive(&plan.overlay, Path::new(&plan.file))?;
-        self.record(|c| c.files.push(plan.overlay.clone()));
+        let created = create_exclusive(&plan.overlay, Path::new(&plan.file))?;
+        self.record(|c| c.files.push(created));
         let add_file = BlockdevAdd {
             node_name: plan.file_node.clone(),
             options: BlockdevOptions::File {
@@ -222,18 +274,39 @@ impl Prepared {
     }
 
     /// Marks the overlays as the VM's disks: nothing is rolled back any more.
-    pub(crate) fn keep(&mut self) {
+    pub(crate) fn keep(mut self) {
         self.kept = true;
     }
 
-    /// Removes what this run created (what cannot be removed is logged).
-    pub(crate) async fn rollback(&mut self) {
-        if self.kept {
-            return;
-        }
+    /// Removes what this run created and checks that it is gone.
+    pub(crate) async fn rollback(mut self) -> Cleanup {
         self.kept = true;
         let created = std::mem::take(&mut *self.lock());
-        rollback(&self.qmp, created).await;
+        rollback(&self.qmp, created).await
+    }
+
+    /// The QMP connection the overlays were prepared on.
+    pub(crate) fn qmp(&self) -> &qmp::Client {
+        &self.qmp
+    }
+
+    /// Switches to a new connection (the old one failed).
+    pub(crate) fn reconnected(&mut self, qmp: qmp::Client) {
+        self.qmp = qmp;
+    }
+}
+
+/// What a rollback could not remove (empty: everything this run created is gone,
+/// checked with `query-named-block-nodes` and on disk).
+#[derive(Debug, Default)]
+pub(crate) struct Cleanup {
+    pub(crate) left: Vec<String>,
+}
+
+impl Cleanup {
+    /// Nothing was left.
+    pub(crate) fn is_complete(&self) -> bool {
+        self.left.is_empty()
     }
 }
 
@@ -250,28 +323,39 @@ impl Drop for Prepared {
         }
         let qmp = self.qmp.clone();
         match tokio::runtime::Handle::try_current() {
-            Ok(rt) => drop(rt.spawn(async move { rollback(&qmp, created).await })),
+            Ok(rt) => drop(rt.spawn(async move { drop(rollback(&qmp, created).await) })),
             Err(_) => warn!(?created, "no runtime to roll back the prepared overlays"),
         }
     }
 }
 
-async fn rollback(qmp: &qmp::Client, created: Created) {
+async fn rollback(qmp: &qmp::Client, created: Created) -> Cleanup {
     let mut left = Vec::new();
     // If the switch happened after all (a cancelled caller lost its reply), the
-    // overlays are the disks now: keep everything.
-    if let Ok(blocks) = qmp.execute(&QueryBlock).await {
-        let active: Vec<_> = blocks
-            .iter()
-            .filter_map(|b| b.inserted.as_ref()?.node_name.clone())
-            .collect();
-        if created.nodes.iter().any(|n| active.contains(n)) {
-            warn!("the overlays are active: the snapshot happened, nothing is rolled back");
-            return;
+    // overlays are the disks now: keep everything, and say so.
+    match qmp.execute(&QueryBlock).await {
+        Ok(blocks) => {
+            let active: Vec<_> = blocks
+                .iter()
+                .filter_map(|b| b.inserted.as_ref()?.node_name.clone())
+                .collect();
+            if let Some(n) = created.nodes.iter().find(|n| active.contains(n)) {
+                warn!("the overlays are active: the snapshot happened, nothing is rolled back");
+                return Cleanup {
+                    left: vec![format!("overlay node {n} is a disk's active node")],
+                };
+            }
+        }
+        Err(e) => {
+            return Cleanup {
+                left: vec![format!(
+                    "cannot read query-block ({e}); nothing was removed"
+                )],
+            };
         }
     }
     settle_jobs(qmp, &created.jobs).await;
-    let mut removed = Vec::new();
+    let mut removed = 0;
     for node in created.nodes.iter().rev() {
         match qmp
             .execute(&BlockdevDel {
@@ -279,16 +363,16 @@ async fn rollback(qmp: &qmp::Client, created: Created) {
             })
             .await
         {
-            Ok(_) => removed.push(node.clone()),
             // Recorded but never added (the add failed or never ran): nothing to undo.
-            Err(e) if is_no_such_node(&e) => removed.push(node.clone()),
+            Ok(_) => removed += 1,
+            Err(e) if is_no_such_node(&e) => removed += 1,
             Err(e) => left.push(format!("node {node}: {e}")),
         }
     }
-    if removed.len() == created.nodes.len() {
+    if removed == created.nodes.len() {
         for file in &created.files {
-            if let Err(e) = std::fs::remove_file(file) {
-                left.push(format!("file {}: {e}", file.display()));
+            if let Err(e) = file.remove() {
+                left.push(format!("file {}: {e}", file.path.display()));
             }
         }
     } else {
@@ -296,12 +380,42 @@ async fn rollback(qmp: &qmp::Client, created: Created) {
             created
                 .files
                 .iter()
-                .map(|f| format!("file {} (its node is still in use)", f.display())),
+                .map(|f| format!("file {} (its node is still in use)", f.path.display())),
         );
     }
+    left.extend(verify_gone(qmp, &created).await);
     if !left.is_empty() {
         warn!(?left, "rollback incomplete");
     }
+    Cleanup { left }
+}
+
+/// Checks, just now, that none of `created`'s nodes exists and none of its files.
+async fn verify_gone(qmp: &qmp::Client, created: &Created) -> Vec<String> {
+    let mut left = Vec::new();
+    match qmp
+        .execute(&QueryNamedBlockNodes { flat: Some(true) })
+        .await
+    {
+        Ok(nodes) => left.extend(
+            nodes
+                .iter()
+                .filter_map(|n| n.node_name.as_ref())
+                .filter(|n| created.nodes.contains(n))
+                .map(|n| format!("node {n} still exists")),
+        ),
+        Err(e) => left.push(format!("cannot check the nodes are gone: {e}")),
+    }
+    left.extend(
+        created
+            .files
+            .iter()
+            .filter(|f| std::fs::symlink_metadata(&f.path).is_ok_and(|m| f.is(&m)))
+            .map(|f| format!("file {} still exists", f.path.display())),
+    );
+    left.sort();
+    left.dedup();
+    left
 }
 
 fn is_no_such_node(e: &qmp::Error) -> bool {

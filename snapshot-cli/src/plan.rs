@@ -217,11 +217,39 @@ fn disk_plan(
     })
 }
 
-/// Refuses overlay paths that exist (files, symlinks, even dangling ones) and
-/// directories that are missing or cannot be written. Creation with `O_EXCL` checks
-/// again, atomically.
-pub(crate) fn check_paths(plans: &[DiskPlan]) -> Result<()> {
+/// Filesystems that live in RAM: an overlay there loses every write made after the
+/// snapshot at the next reboot, and fills memory meanwhile.
+const RAM_FILESYSTEMS: &[(i64, &str)] = &[(0x0102_1994, "tmpfs/devtmpfs"), (0x8584_58f6, "ramfs")];
+
+/// The RAM filesystem `dir` is on, if it is on one.
+pub(crate) fn ram_filesystem(dir: &Path) -> Option<&'static str> {
+    let fs = rustix::fs::statfs(dir).ok()?;
+    #[allow(
+        clippy::useless_conversion,
+        reason = "f_type is i64 here but narrower on other targets"
+    )]
+    let kind = i64::from(fs.f_type);
+    RAM_FILESYSTEMS
+        .iter()
+        .find(|(magic, _)| *magic == kind)
+        .map(|(_, name)| *name)
+}
+
+/// Refuses overlay paths that exist (files, symlinks, even dangling ones),
+/// directories that are missing or cannot be written, and — unless the directory was
+/// chosen explicitly — directories in RAM (the parent of a disk on a block device is
+/// `/dev`, a devtmpfs). Creation with `O_EXCL` checks again, atomically.
+pub(crate) fn check_paths(plans: &[DiskPlan], dir_chosen: bool) -> Result<()> {
     for plan in plans {
+        let dir = plan.overlay.parent().unwrap_or(Path::new("/"));
+        if !dir_chosen && let Some(fs) = ram_filesystem(dir) {
+            return Err(Error::Invalid(format!(
+                "disk {} ({}): the overlay would go to {}, a {fs} in RAM — every write after the snapshot would be lost at reboot; choose a directory on persistent storage with --overlay-dir DIR",
+                plan.node,
+                plan.file,
+                dir.display()
+            )));
+        }
         if std::fs::symlink_metadata(&plan.overlay).is_ok() {
             return Err(Error::OverlayExists(plan.overlay.clone()));
         }
@@ -341,17 +369,39 @@ mod tests {
         let mut plan = select(&blocks(), &[], "s", Some(dir.path()), "t")
             .unwrap()
             .remove(0);
-        check_paths(std::slice::from_ref(&plan)).unwrap();
+        check_paths(std::slice::from_ref(&plan), true).unwrap();
         std::os::unix::fs::symlink("/nonexistent", &plan.overlay).unwrap();
         assert!(matches!(
-            check_paths(std::slice::from_ref(&plan)),
+            check_paths(std::slice::from_ref(&plan), true),
             Err(Error::OverlayExists(_))
         ));
         plan.overlay = dir.path().join("missing/x.qcow2");
-        let err = check_paths(std::slice::from_ref(&plan)).unwrap_err();
+        let err = check_paths(std::slice::from_ref(&plan), true).unwrap_err();
         assert!(err.to_string().contains("does not exist"), "{err}");
         std::fs::write(dir.path().join("missing"), b"a file").unwrap();
-        let err = check_paths(&[plan]).unwrap_err();
+        let err = check_paths(&[plan], true).unwrap_err();
         assert!(err.to_string().contains("not a directory"), "{err}");
+    }
+
+    #[test]
+    fn a_disk_on_a_block_device_is_refused_an_overlay_in_dev_unless_a_dir_is_chosen() {
+        let mut blocks = blocks();
+        let inserted = blocks[0].inserted.as_mut().unwrap();
+        inserted.image.filename = "/dev/loop0".into();
+        inserted.image.format = "raw".into();
+        let plans = select(&blocks[..1], &[], "s", None, "t").unwrap();
+        assert_eq!(plans[0].overlay, Path::new("/dev/loop0.s.qcow2"));
+        let err = check_paths(&plans, false).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("--overlay-dir") && text.contains("/dev"),
+            "{text}"
+        );
+        assert!(!Path::new("/dev/loop0.s.qcow2").exists());
+        assert_eq!(ram_filesystem(Path::new("/dev")), Some("tmpfs/devtmpfs"));
+        let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
+        assert_eq!(ram_filesystem(dir.path()), None);
+        let plans = select(&blocks[..1], &[], "s", Some(dir.path()), "t").unwrap();
+        check_paths(&plans, true).unwrap();
     }
 }

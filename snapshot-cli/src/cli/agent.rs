@@ -1,9 +1,11 @@
 //! Manual guest-agent commands: ping, freeze, thaw, fsstatus.
 
+use super::args::ThawArgs;
 use super::{Global, interruptible, need, output};
 use anyhow::{Context, Result};
 use qga::commands::{
-    FsfreezeStatus, GuestFsfreezeFreeze, GuestFsfreezeFreezeList, GuestFsfreezeStatus, GuestPing,
+    FsfreezeStatus, GuestFsfreezeFreeze, GuestFsfreezeFreezeList, GuestFsfreezeStatus,
+    GuestFsfreezeThaw, GuestPing,
 };
 use qsnap::CancellationToken;
 use serde_json::json;
@@ -31,14 +33,18 @@ pub(crate) async fn ping(g: &Global, cancel: &CancellationToken) -> Result<()> {
     .await
 }
 
+/// Freezes, holding the VM lock while it does. Interrupted while the freeze is out,
+/// it writes the thaw behind it and confirms before reporting.
 pub(crate) async fn freeze(
     g: &Global,
     mountpoints: Vec<String>,
     cancel: &CancellationToken,
 ) -> Result<()> {
-    interruptible(cancel, async {
-        let agent = connect(g).await?;
-        let n = if mountpoints.is_empty() {
+    let qga = need(&g.qga, "--qga")?;
+    let _lock = lock(g, &qga)?;
+    let agent = interruptible(cancel, connect(g)).await?;
+    let call = async {
+        if mountpoints.is_empty() {
             agent.execute(&GuestFsfreezeFreeze).await
         } else {
             let list = GuestFsfreezeFreezeList {
@@ -46,24 +52,49 @@ pub(crate) async fn freeze(
             };
             agent.execute(&list).await
         }
-        .context("guest-fsfreeze-freeze")?;
-        output::emit(g.json, &json!({"frozen_filesystems": n}), |_| {
-            format!("froze {n} filesystem(s); guest writes now block until `qsnap thaw`")
-        });
-        Ok(())
-    })
-    .await
+    };
+    let n = tokio::select! {
+        r = call => r.context("guest-fsfreeze-freeze")?,
+        () = cancel.cancelled() => {
+            // The freeze may run yet (a slow hook): the thaw goes right behind it.
+            agent.execute_urgent(&GuestFsfreezeThaw)?;
+            drop(agent);
+            qsnap::thaw_guest(&qga, Duration::from_secs(30)).await?;
+            return Err(qsnap::Error::Interrupted.into());
+        }
+    };
+    output::emit(g.json, &json!({"frozen_filesystems": n}), |_| {
+        format!("froze {n} filesystem(s); guest writes now block until `qsnap thaw`")
+    });
+    Ok(())
+}
+
+/// The VM's lock: keyed on the agent socket (and the QMP socket when given).
+fn lock(g: &Global, qga: &std::path::Path) -> Result<qsnap::VmLock> {
+    let mut sockets = vec![qga];
+    sockets.extend(g.qmp.as_deref());
+    Ok(qsnap::VmLock::acquire_all(&sockets)?)
 }
 
 /// Thaws and confirms; failure to confirm is exit 5.
-pub(crate) async fn thaw(g: &Global, cancel: &CancellationToken) -> Result<()> {
+pub(crate) async fn thaw(g: &Global, args: &ThawArgs, cancel: &CancellationToken) -> Result<()> {
+    let qga = need(&g.qga, "--qga")?;
+    let _lock = match lock(g, &qga) {
+        Err(e) if args.force => {
+            tracing::warn!("{e:#}; thawing anyway (--force)");
+            None
+        }
+        other => Some(other?),
+    };
     interruptible(cancel, async {
-        let qga = need(&g.qga, "--qga")?;
-        let n = qsnap::thaw_guest(&qga, Duration::from_secs(10)).await?;
+        let n = qsnap::thaw_guest(&qga, args.wait).await?;
         output::emit(
             g.json,
             &json!({"thawed_filesystems": n, "status": "thawed"}),
-            |_| format!("thawed {n} filesystem(s); the guest reports thawed"),
+            |_| match n {
+                Some(n) => format!("thawed {n} filesystem(s); the guest reports thawed"),
+                None => "the guest reports thawed".to_owned(),
+            },
         );
         Ok(())
     })

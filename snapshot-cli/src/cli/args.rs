@@ -10,10 +10,13 @@ Exit codes:
   0    ok
   1    other error
   2    usage error
-  3    quiesce required but unavailable or failed (nothing changed)
-  4    snapshot failed (guest thawed, nothing left behind)
+  3    quiesce required but unavailable or failed (guest thawed, nothing changed)
+  4    snapshot failed (guest thawed, nothing changed)
   5    thaw could not be confirmed (the guest may still be frozen: run `qsnap thaw`)
-  130  interrupted (guest thawed)";
+  6    snapshot taken and kept, but only crash-consistent (--quiesce preferred/off)
+  7    failed, and the cleanup left something behind (listed, with what to do)
+  130  interrupted (guest thawed, nothing changed)
+Every claim in parentheses is checked just before qsnap exits.";
 
 /// Filesystem-consistent live disk snapshots of VMs run by bare QEMU (QMP + guest agent).
 #[derive(Debug, Parser)]
@@ -60,7 +63,7 @@ pub(crate) enum Cmd {
         mountpoints: Vec<String>,
     },
     /// Thaw the guest's filesystems: rescues a guest left frozen by anything.
-    Thaw,
+    Thaw(ThawArgs),
     /// Show whether the guest's filesystems are frozen.
     Fsstatus,
     /// Merge a disk's active overlay back into its backing image, live.
@@ -126,6 +129,17 @@ pub(crate) struct SnapshotArgs {
 }
 
 #[derive(Debug, Args)]
+pub(crate) struct ThawArgs {
+    /// How long to keep confirming (a slow fsfreeze hook can hold the agent).
+    #[arg(long, value_parser = parse_duration, default_value = "30s", value_name = "DUR")]
+    pub(crate) wait: Duration,
+    /// Thaw even while another qsnap holds the VM (it may be mid-snapshot: its
+    /// snapshot then stops being consistent).
+    #[arg(long)]
+    pub(crate) force: bool,
+}
+
+#[derive(Debug, Args)]
 pub(crate) struct CommitArgs {
     /// The disk, by its active node-name or qdev id.
     #[arg(long, value_name = "NODE|ID")]
@@ -136,6 +150,11 @@ pub(crate) struct CommitArgs {
     /// The node to commit into (default: the backing node of --top, one level down).
     #[arg(long, value_name = "NODE")]
     pub(crate) base: Option<String>,
+    /// Also commit an overlay qsnap did not make into its backing image (by default
+    /// only qsnap's overlays are merged, so an image qsnap never touched — a golden
+    /// image other VMs share — is never written).
+    #[arg(long)]
+    pub(crate) any_overlay: bool,
 }
 
 #[derive(Debug, Args)]
@@ -146,6 +165,9 @@ pub(crate) struct GuardianArgs {
     /// The freeze deadline, in milliseconds.
     #[arg(long)]
     pub(crate) deadline_ms: u64,
+    /// Where to log.
+    #[arg(long)]
+    pub(crate) log: Option<PathBuf>,
 }
 
 /// Parses `500ms`, `10s`, `2m`, `1h 30m`.

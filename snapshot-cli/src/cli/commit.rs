@@ -13,6 +13,7 @@ pub(crate) async fn run(g: &Global, args: CommitArgs, cancel: &CancellationToken
         disk: args.disk,
         top: args.top,
         base: args.base,
+        any_overlay: args.any_overlay,
     };
     let bar = (std::io::stderr().is_terminal() && !g.json && !g.quiet).then(|| {
         let bar = ProgressBar::new(0);

@@ -26,7 +26,9 @@ pub(crate) fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("qsnap: error: cannot start the async runtime: {e}");
+            output::stderr(&format!(
+                "qsnap: error: cannot start the async runtime: {e}"
+            ));
             return ExitCode::from(1);
         }
     };
@@ -58,30 +60,41 @@ fn init_logging(global: &Global) {
 
 /// The exit code documented in `--help` for this error.
 fn exit_code(e: &anyhow::Error) -> u8 {
-    let code = e
-        .downcast_ref::<qsnap::Error>()
-        .map_or(1, qsnap::Error::exit_code);
+    let code = match e.downcast_ref::<qsnap::Error>() {
+        Some(e) => e.exit_code(),
+        None if e.is::<Interrupted>() => 130,
+        None => 1,
+    };
     u8::try_from(code).unwrap_or(1)
 }
 
-/// Cancels the token on Ctrl-C or SIGTERM, so every command leaves through its normal
-/// cleanup path (thaw, rollback, job cancel) rather than dying mid-way.
+/// A command that changes nothing was interrupted.
+#[derive(Debug, thiserror::Error)]
+#[error("interrupted")]
+pub(crate) struct Interrupted;
+
+/// Cancels the token on Ctrl-C, SIGTERM or SIGHUP (a closed terminal or SSH session),
+/// so every command leaves through its normal cleanup path (thaw, rollback, job
+/// cancel) rather than dying mid-way.
 fn cancel_on_signals() -> CancellationToken {
+    use tokio::signal::unix::{SignalKind, signal};
     let token = CancellationToken::new();
     let cancel = token.clone();
+    // Registered now, before any work: a signal arriving later cannot kill us.
+    let mut streams: Vec<_> = [
+        SignalKind::interrupt(),
+        SignalKind::terminate(),
+        SignalKind::hangup(),
+    ]
+    .into_iter()
+    .filter_map(|kind| signal(kind).ok())
+    .collect();
     tokio::spawn(async move {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-        let sigterm = async {
-            match term.as_mut() {
-                Some(s) => drop(s.recv().await),
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            () = sigterm => {}
+        if streams.is_empty() {
+            return; // Nothing registered: signals keep their default action.
         }
+        // select_all panics on an empty list, hence the check above.
+        futures_util::future::select_all(streams.iter_mut().map(|s| Box::pin(s.recv()))).await;
         tracing::warn!("interrupted: cleaning up");
         cancel.cancel();
     });
@@ -102,7 +115,7 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Completions { shell } => docs::completions(shell),
         Cmd::Man => docs::man(),
         Cmd::Freeze { mountpoints } => agent::freeze(g, mountpoints, &cancel).await,
-        Cmd::Thaw => agent::thaw(g, &cancel).await,
+        Cmd::Thaw(args) => agent::thaw(g, &args, &cancel).await,
         Cmd::Fsstatus => agent::fsstatus(g, &cancel).await,
         Cmd::Guardian(args) => {
             let qga = need(&g.qga, "--qga")?;
@@ -110,6 +123,7 @@ async fn run(cli: Cli) -> Result<()> {
                 qga,
                 coordinator: args.coordinator,
                 deadline: std::time::Duration::from_millis(args.deadline_ms),
+                log: args.log,
             })
             .await;
             if code == 0 {
@@ -137,7 +151,7 @@ async fn interruptible<T>(
     fut: impl std::future::Future<Output = Result<T>>,
 ) -> Result<T> {
     tokio::select! {
-        () = cancel.cancelled() => Err(qsnap::Error::Interrupted.into()),
+        () = cancel.cancelled() => Err(Interrupted.into()),
         r = fut => r,
     }
 }

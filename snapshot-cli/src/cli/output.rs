@@ -14,10 +14,16 @@ pub(crate) fn line(text: &str) -> bool {
         Ok(()) => true,
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => false,
         Err(e) => {
-            eprintln!("qsnap: error: cannot write to stdout: {e}");
+            stderr(&format!("qsnap: error: cannot write to stdout: {e}"));
             false
         }
     }
+}
+
+/// Writes a line to stderr, ignoring failure: after a closed terminal (SIGHUP) or a
+/// reader gone, stderr fails with EIO or EPIPE, and `eprintln!` would panic on it.
+pub(crate) fn stderr(text: &str) {
+    let _ = writeln!(std::io::stderr().lock(), "{text}");
 }
 
 /// Prints `value` as JSON, or the text `human` builds.
@@ -25,7 +31,7 @@ pub(crate) fn emit<T: Serialize>(json: bool, value: &T, human: impl FnOnce(&T) -
     if json {
         match serde_json::to_string(value) {
             Ok(s) => drop(line(&s)),
-            Err(e) => eprintln!("qsnap: error: cannot encode the result: {e}"),
+            Err(e) => stderr(&format!("qsnap: error: cannot encode the result: {e}")),
         }
     } else {
         let text = human(value);
@@ -38,7 +44,7 @@ pub(crate) fn emit<T: Serialize>(json: bool, value: &T, human: impl FnOnce(&T) -
 /// Reports an error: the whole cause chain on stderr; with `--json` also an object on
 /// stdout so scripts always get one.
 pub(crate) fn error(json: bool, e: &anyhow::Error, code: u8) {
-    eprintln!("qsnap: error: {e:#}");
+    stderr(&format!("qsnap: error: {e:#}"));
     if json {
         let chain: Vec<String> = e.chain().map(ToString::to_string).collect();
         line(&json!({"error": format!("{e:#}"), "causes": chain, "exit_code": code}).to_string());

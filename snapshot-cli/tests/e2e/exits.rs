@@ -113,7 +113,7 @@ async fn quiesce_required_without_an_agent_exits_3_and_ping_says_why() {
 }
 
 #[tokio::test]
-async fn not_consistent_snapshot_exits_4() {
+async fn vss_thawed_early_required_undoes_exit_3_preferred_keeps_exit_6() {
     within(120, async {
         let vm = QemuVm::builder()
             .disks(1)
@@ -129,8 +129,33 @@ async fn not_consistent_snapshot_exits_4() {
         ));
         let sock = sock.display().to_string();
         let (code, _, err) = run(&vm, &["--qga", &sock, "snapshot", "--name", "w"]).await;
-        assert_eq!(code, 4, "{err}");
-        assert!(err.contains("not filesystem-consistent"), "{err}");
+        assert_eq!(code, 3, "{err}");
+        assert!(
+            err.contains("undone") && err.contains("nothing was changed"),
+            "{err}"
+        );
+        assert_eq!(overlay_files(&vm, "w"), Vec::<String>::new());
+        assert_eq!(qsnap_nodes(&vm).await, Vec::<String>::new());
+        let sock2 = vm.dir().join("fake2.sock");
+        tokio::spawn(fake_agent(
+            sock2.clone(),
+            Fake::WindowsAutoThaw,
+            Arc::new(AtomicBool::new(false)),
+        ));
+        let sock2 = sock2.display().to_string();
+        let args = [
+            "--qga",
+            &sock2,
+            "snapshot",
+            "--name",
+            "w2",
+            "--quiesce",
+            "preferred",
+        ];
+        let (code, _, err) = run(&vm, &args).await;
+        assert_eq!(code, 6, "{err}");
+        assert!(err.contains("only crash-consistent"), "{err}");
+        assert_eq!(overlay_files(&vm, "w2").len(), 1);
     })
     .await;
 }

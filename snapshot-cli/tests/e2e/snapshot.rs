@@ -117,6 +117,7 @@ async fn a_disk_keeps_its_node_name_across_snapshots_and_commits() {
             disk: "disk1".into(),
             top: None,
             base: None,
+            any_overlay: false,
         };
         let done = qsnap::commit(&commit, |_| {}, &CancellationToken::new())
             .await

@@ -66,6 +66,8 @@ async fn commit_back(vm: &QemuVm) -> Result<()> {
             disk: format!("vblk{i}"),
             top: None,
             base: None,
+            // The baselines' overlays are not qsnap's.
+            any_overlay: true,
         };
         qsnap::commit(&req, |_| {}, &CancellationToken::new()).await?;
     }

@@ -1,0 +1,198 @@
+//! Settling a switch: keep it, undo it, or roll the overlays back — and say only what
+//! was checked.
+//!
+//! | guest | disks | policy | result |
+//! |---|---|---|---|
+//! | may still be frozen | any | any | exit 5 (overlays rolled back if unused) |
+//! | thawed / never frozen | unchanged | any | rollback → the error (3, 4, 130) or 7 |
+//! | thawed | switched in time, thaw verified | any | quiesced snapshot (0) |
+//! | never frozen | switched in time | off / preferred | crash-consistent snapshot (0) |
+//! | thawed / never frozen | switched late, or thaw not verified | required, or interrupted | undo → 3 or 130, or 7 |
+//! | thawed / never frozen | switched late, or thaw not verified | preferred / off | kept → 6 |
+//!
+//! "Nothing changed" is said only after the rollback checked that none of this run's
+//! nodes or files exist and, after an undo, that each disk's active node is the one it
+//! had before.
+
+use crate::error::{Error, Result};
+use crate::freeze::ThawError;
+use crate::overlay::{Cleanup, Prepared};
+use crate::plan::DiskPlan;
+use crate::report::{Consistency, Report};
+use crate::request::{Quiesce, SnapshotRequest};
+use crate::window::{Disks, Guest, Switch};
+use qmp::commands::QueryBlock;
+use tracing::warn;
+
+/// Everything settling needs besides the switch itself.
+pub(crate) struct Settle<'a> {
+    pub(crate) req: &'a SnapshotRequest,
+    pub(crate) disks: &'a [DiskPlan],
+    pub(crate) prepared: Prepared,
+    pub(crate) report: Report,
+}
+
+impl Settle<'_> {
+    /// Applies the table in the module docs.
+    pub(crate) async fn settle(mut self, mut switch: Switch) -> Result<Report> {
+        self.fill_report(&switch);
+        if matches!(switch.disks, Disks::Unknown(_))
+            && let Disks::Unknown(lost) = std::mem::replace(&mut switch.disks, Disks::Unchanged)
+        {
+            match self.switched_after_all().await {
+                Ok(true) => switch.disks = Disks::SwitchedLate,
+                Ok(false) => {}
+                Err(e) => {
+                    return Err(Error::CleanupIncomplete {
+                        failure: format!(
+                            "the QMP connection failed during the transaction: {lost}"
+                        ),
+                        left: vec![format!(
+                            "cannot tell whether the disks switched ({e}); check with `qsnap info`"
+                        )],
+                    });
+                }
+            }
+            switch.problem.get_or_insert(Error::Qmp {
+                during: "the transaction (its reply was lost)",
+                source: lost,
+            });
+        }
+        if let Guest::MaybeFrozen(e) = switch.guest {
+            if matches!(switch.disks, Disks::Unchanged) {
+                drop(self.prepared.rollback().await);
+            } else {
+                self.prepared.keep();
+            }
+            return Err(e);
+        }
+        match (&switch.disks, switch.problem) {
+            (Disks::Unchanged, problem) => {
+                let error = problem.unwrap_or_else(|| Error::Invalid("nothing switched".into()));
+                let cleanup = self.prepared.rollback().await;
+                Err(after_rollback(error, cleanup))
+            }
+            (Disks::SwitchedInTime { .. }, None) => match thaw_problem(&switch.guest) {
+                None => self.keep(),
+                Some(reason) => self.late(reason, false).await,
+            },
+            (_, Some(Error::Interrupted)) => {
+                self.late("interrupted while the disks switched".into(), true)
+                    .await
+            }
+            (_, problem) => {
+                let reason = problem.map_or_else(
+                    || "the disks switched after the freeze ended".into(),
+                    |p| format!("{}; the disks switched only afterwards", p.failure()),
+                );
+                self.late(reason, false).await
+            }
+        }
+    }
+
+    fn fill_report(&mut self, switch: &Switch) {
+        let t = &mut self.report.timings_ms;
+        t.freeze_call = switch.timings.freeze_call;
+        t.thaw_call = switch.timings.thaw_call;
+        t.frozen_window = switch.timings.frozen_window;
+        t.in_freeze_overhead = switch.timings.in_freeze_overhead;
+        if let Disks::SwitchedInTime { took } = switch.disks {
+            t.transaction = took.as_secs_f64() * 1000.0;
+        }
+        self.report.guardian = switch.guardian;
+        if let Guest::Thawed { frozen, thaw } = &switch.guest {
+            self.report.frozen_filesystems = *frozen;
+            match thaw {
+                Some(Ok(n)) => self.report.thawed_filesystems = *n,
+                Some(Err(ThawError::Failed(e))) => self.report.warnings.push(format!(
+                    "the first thaw failed ({e}); a retry thawed the guest"
+                )),
+                _ => {}
+            }
+        }
+    }
+
+    /// A clean switch: the overlays stay.
+    fn keep(mut self) -> Result<Report> {
+        self.prepared.keep();
+        if self.report.frozen_filesystems > 0 {
+            self.report.consistency = Consistency::Quiesced;
+        }
+        Ok(self.report)
+    }
+
+    /// The disks switched, but not verifiably while frozen: undo under `required` (and
+    /// on interrupt), keep and say so otherwise.
+    async fn late(mut self, reason: String, interrupted: bool) -> Result<Report> {
+        warn!("{reason}");
+        if !interrupted && self.req.quiesce != Quiesce::Required {
+            self.prepared.keep();
+            self.report.consistency = Consistency::CrashConsistent;
+            self.report.warnings.push(reason.clone());
+            return Err(Error::NotConsistent {
+                reason,
+                report: Box::new(self.report),
+            });
+        }
+        let mut left = crate::undo::undo_switch(self.prepared.qmp(), self.disks).await;
+        left.extend(self.prepared.rollback().await.left);
+        match (left.is_empty(), interrupted) {
+            (true, true) => Err(Error::Interrupted),
+            (true, false) => Err(Error::QuiesceFailed {
+                reason: format!("{reason}, and was undone (merged back)"),
+                source: None,
+            }),
+            (false, _) => Err(Error::CleanupIncomplete {
+                failure: reason,
+                left,
+            }),
+        }
+    }
+
+    /// After a lost transaction reply: reconnects if needed and reads `query-block`.
+    async fn switched_after_all(&mut self) -> qmp::Result<bool> {
+        if self.prepared.qmp().closed().is_some() {
+            let qmp = qmp::Client::connect(&self.req.qmp, qmp::Config::default()).await?;
+            self.prepared.reconnected(qmp);
+        }
+        let blocks = self.prepared.qmp().execute(&QueryBlock).await?;
+        Ok(blocks.iter().any(|b| {
+            b.inserted
+                .as_ref()
+                .and_then(|i| i.node_name.as_ref())
+                .is_some_and(|n| self.disks.iter().any(|d| d.overlay_node == *n))
+        }))
+    }
+}
+
+/// Why a switch made in time is still not verifiably consistent.
+fn thaw_problem(guest: &Guest) -> Option<String> {
+    match guest {
+        Guest::Thawed {
+            frozen,
+            thaw: Some(Ok(n)),
+        } if n != frozen => Some(format!(
+            "thaw count {n} differs from freeze count {frozen}: something thawed early"
+        )),
+        Guest::Thawed {
+            thaw: Some(Err(ThawError::AutoThawed)),
+            ..
+        } => {
+            Some("the guest thawed by itself before the thaw (Windows VSS 10-second limit)".into())
+        }
+        _ => None,
+    }
+}
+
+/// The error to report after a rollback: the original one when everything this run
+/// created is gone (checked), else what is left.
+pub(crate) fn after_rollback(error: Error, cleanup: Cleanup) -> Error {
+    if cleanup.is_complete() {
+        error
+    } else {
+        Error::CleanupIncomplete {
+            failure: error.failure(),
+            left: cleanup.left,
+        }
+    }
+}
