@@ -3,9 +3,9 @@
 use crate::Config;
 use crate::connection::{Connection, Op, Request};
 use crate::error::{Error, GuestJsonError, Result};
+use bytes::Bytes;
 use qmp::Disconnect;
 use qmp::wire::{Command, encode_execute};
-use bytes::Bytes;
 use serde::Serialize;
 use serde_json::Value;
 use std::path::Path;
@@ -94,11 +94,7 @@ impl Client {
         let (tx, rx) = mpsc::channel(16);
         let (urgent, urgent_rx) = mpsc::unbounded_channel();
         tokio::spawn(Connection::new(read, write, config.clone(), urgent_rx).run(rx));
-        Self {
-            tx,
-            urgent,
-            config,
-        }
+        Self { tx, urgent, config }
     }
 
     /// Resynchronizes now (0xFF + `guest-sync-delimited`), under [`Config::sync_timeout`].

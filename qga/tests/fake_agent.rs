@@ -536,7 +536,10 @@ async fn decode_errors_escape_the_guests_bytes() {
             text.push_str(&format!(": {s}"));
             source = s.source();
         }
-        assert!(!text.contains('\u{1b}') && !text.contains('\u{7}'), "{text}");
+        assert!(
+            !text.contains('\u{1b}') && !text.contains('\u{7}'),
+            "{text}"
+        );
         assert!(text.contains("\\u{1b}]0;owned"), "{text}");
     })
     .await;
