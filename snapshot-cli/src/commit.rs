@@ -316,10 +316,12 @@ async fn backing_node(qmp: &qmp::Client, top: &str) -> Result<String> {
             "{top} has no backing image: there is nothing to commit"
         ))
     })?;
+    // A raw block device has no format node: its protocol node is the image.
     nodes
         .iter()
-        .filter(|n| is_format_node(n) && n.file == backing)
-        .find_map(|n| n.node_name.clone())
+        .filter(|n| n.file == backing && n.node_name.is_some())
+        .max_by_key(|n| is_format_node(n))
+        .and_then(|n| n.node_name.clone())
         .ok_or_else(|| Error::Invalid(format!("no node holds {top}'s backing image {backing}")))
 }
 

@@ -26,6 +26,8 @@ pub struct VmBuilder {
     writer: bool,
     agent: Agent,
     memory_mib: u32,
+    hook: Option<u32>,
+    block_device: Option<PathBuf>,
 }
 
 impl Default for VmBuilder {
@@ -35,6 +37,8 @@ impl Default for VmBuilder {
             writer: false,
             agent: Agent::AtBoot,
             memory_mib: 512,
+            hook: None,
+            block_device: None,
         }
     }
 }
@@ -49,6 +53,20 @@ impl VmBuilder {
     /// Runs a guest process appending to `writer.log` on every data disk every 100 ms.
     pub fn writer(mut self, on: bool) -> Self {
         self.writer = on;
+        self
+    }
+
+    /// Runs qemu-ga with an fsfreeze hook (`-F`) that sleeps `secs` seconds on freeze:
+    /// the agent answers nothing meanwhile, as with a slow application hook.
+    pub fn freeze_hook(mut self, secs: u32) -> Self {
+        self.hook = Some(secs);
+        self
+    }
+
+    /// Data disk 0 is this host block device (`driver=host_device`, raw, no format
+    /// node), e.g. a loop device holding an ext4 filesystem.
+    pub fn block_device_disk(mut self, device: impl Into<PathBuf>) -> Self {
+        self.block_device = Some(device.into());
         self
     }
 
@@ -101,6 +119,9 @@ impl VmBuilder {
             }
             Agent::Absent => args.push_str(" qsnap.agent=0"),
         }
+        if let Some(secs) = self.hook {
+            let _ = write!(args, " qsnap.hook={secs}");
+        }
         args
     }
 
@@ -115,14 +136,21 @@ impl VmBuilder {
             .arg(image.initramfs())
             .args(["-append", &self.kernel_args()]);
         for (i, disk) in disks.iter().enumerate() {
-            cmd.arg("-blockdev")
-                .arg(format!(
-                    "driver=file,filename={},node-name=file{i}",
-                    disk.display()
-                ))
-                .arg("-blockdev")
-                .arg(format!("driver=qcow2,file=file{i},node-name=disk{i}"))
-                .arg("-device")
+            match &self.block_device {
+                Some(dev) if i == 0 => cmd.arg("-blockdev").arg(format!(
+                    "driver=host_device,filename={},node-name=disk0",
+                    dev.display()
+                )),
+                _ => cmd
+                    .arg("-blockdev")
+                    .arg(format!(
+                        "driver=file,filename={},node-name=file{i}",
+                        disk.display()
+                    ))
+                    .arg("-blockdev")
+                    .arg(format!("driver=qcow2,file=file{i},node-name=disk{i}")),
+            };
+            cmd.arg("-device")
                 .arg(format!("virtio-blk-pci,drive=disk{i},id=vblk{i}"));
         }
         let sock = |name: &str| dir.join(name).display().to_string();

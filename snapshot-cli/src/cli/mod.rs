@@ -51,9 +51,13 @@ fn init_logging(global: &Global) {
         (false, _) => "trace",
     };
     let filter = EnvFilter::try_from_env("QSNAP_LOG").unwrap_or_else(|_| EnvFilter::new(level));
+    // A closed terminal makes every stderr write fail: tracing must not report that
+    // through eprintln!, which panics.
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .log_internal_errors(false)
         .with_target(false)
         .init();
 }

@@ -13,6 +13,8 @@ mod cli;
 mod exits;
 mod fake;
 mod faults;
+mod proxy;
+mod reliability;
 mod snapshot;
 
 use qga::commands::{FsfreezeStatus, GuestFsfreezeStatus};
