@@ -351,3 +351,20 @@ async fn loop_device_disk_is_refused_without_overlay_dir_and_correct_with_it() {
     })
     .await;
 }
+
+/// On a VM qsnap never snapshotted, `qsnap commit` would merge the VM's own overlay
+/// into its base — on a host where that base is a golden image shared by other VMs,
+/// that corrupts them. Refused by default, naming the flag; the chain is unchanged.
+#[tokio::test]
+async fn commit_refuses_an_overlay_qsnap_did_not_make() {
+    within(120, async {
+        let vm = booted(QemuVm::builder().disks(1)).await;
+        let base = std::fs::read(vm.base(0)).unwrap();
+        let (code, _, err) = run(&vm, &["commit", "--disk", "vblk0"]).await;
+        assert_eq!(code, 1, "{err}");
+        assert!(err.contains("--any-overlay") && err.contains("never touched"), "{err}");
+        assert_eq!(active_nodes(&vm).await, ["disk0"]);
+        assert_eq!(std::fs::read(vm.base(0)).unwrap(), base, "the base was written");
+    })
+    .await;
+}
