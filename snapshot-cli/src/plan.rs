@@ -275,14 +275,53 @@ pub(crate) fn check_paths(plans: &[DiskPlan], dir_chosen: bool) -> Result<()> {
         if read_only || rustix::fs::access(dir, rustix::fs::Access::WRITE_OK).is_err() {
             return Err(Error::OverlayDirNotWritable(dir.to_owned()));
         }
+        check_not_swappable(dir)?;
     }
     Ok(())
+}
+
+/// qsnap creates each overlay with `O_EXCL`, then QEMU opens it *by path*. In a
+/// directory another user can write (without the sticky bit) or owns, that user could
+/// replace the file in between and have QEMU format theirs. Refused: only this user
+/// and root may be able to rename or unlink entries of an overlay directory.
+fn check_not_swappable(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(dir).map_err(|source| Error::Io {
+        what: "cannot inspect",
+        path: dir.to_owned(),
+        source,
+    })?;
+    let me = rustix::process::geteuid().as_raw();
+    if let Some(why) = swappable(meta.mode(), meta.uid(), me) {
+        return Err(Error::Invalid(format!(
+            "overlay directory {} {why}: another user could replace an overlay between its creation and QEMU opening it; use a directory only you (or root) can write, or one with the sticky bit",
+            dir.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Why a directory with `mode` owned by `owner` lets users other than `me` and root
+/// replace its entries, if it does.
+fn swappable(mode: u32, owner: u32, me: u32) -> Option<String> {
+    const STICKY: u32 = 0o1000;
+    if owner != me && owner != 0 {
+        return Some(format!("is owned by uid {owner}"));
+    }
+    if mode & 0o022 != 0 && mode & STICKY == 0 {
+        return Some(format!(
+            "is writable by its group or others (mode {:o}) without the sticky bit",
+            mode & 0o7777
+        ));
+    }
+    None
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+    use std::os::unix::fs::PermissionsExt;
 
     fn blocks() -> Vec<BlockInfo> {
         let disk = |i: u32, ro: bool| {
@@ -402,6 +441,23 @@ mod tests {
         let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
         assert_eq!(ram_filesystem(dir.path()), None);
         let plans = select(&blocks[..1], &[], "s", Some(dir.path()), "t").unwrap();
+        check_paths(&plans, true).unwrap();
+    }
+
+    #[test]
+    fn directories_where_others_could_swap_an_overlay_are_refused() {
+        assert_eq!(swappable(0o40755, 1000, 1000), None);
+        assert_eq!(swappable(0o40755, 0, 1000), None, "root's directory");
+        assert_eq!(swappable(0o41777, 0, 1000), None, "/tmp: sticky");
+        assert!(swappable(0o40777, 0, 1000).unwrap().contains("sticky"));
+        assert!(swappable(0o40775, 1000, 1000).unwrap().contains("group"));
+        assert!(swappable(0o40700, 1001, 1000).unwrap().contains("uid 1001"));
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let plans = select(&blocks(), &[], "s", Some(dir.path()), "t").unwrap();
+        let err = check_paths(&plans, true).unwrap_err();
+        assert!(err.to_string().contains("replace an overlay"), "{err}");
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
         check_paths(&plans, true).unwrap();
     }
 }
