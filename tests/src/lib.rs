@@ -19,10 +19,15 @@
 //! one throw-away qcow2 overlay per data disk (node `disk{i}`, device `vblk{i}`) and the
 //! guest's serial log. Dropping the guard kills QEMU; a panicking test prints the
 //! serial log and QEMU's stderr first.
+//!
+//! [`sim`] is the other half: a simulated VM in-process (a fake QMP monitor with a
+//! block graph and a fake qemu-ga, on real Unix sockets, with scriptable faults) for
+//! tests that need no QEMU.
 
 mod error;
 mod image;
 pub mod inspect;
+pub mod sim;
 mod vm;
 
 pub use error::{Error, Result};
