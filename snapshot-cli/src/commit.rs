@@ -37,6 +37,9 @@ pub struct CommitRequest {
     /// default only qsnap's overlays are committed, so an image qsnap never touched —
     /// perhaps a base shared by other VMs — is never written).
     pub any_overlay: bool,
+    /// Keep the merged overlay's file (by default a qsnap overlay's file is removed
+    /// once its content is in the base and QEMU no longer holds it).
+    pub keep_overlay: bool,
 }
 
 /// Job progress, in QEMU's units (bytes for commit).
@@ -61,6 +64,8 @@ pub struct CommitReport {
     pub chain: Vec<String>,
     /// How long it took, in milliseconds.
     pub ms: f64,
+    /// The merged overlay's file, removed after the merge (checked gone).
+    pub removed_overlay: Option<String>,
 }
 
 /// Commits `top` into `base` and waits for the job to finish, reporting progress.
@@ -99,6 +104,7 @@ pub async fn commit(
             "{top} is not an overlay qsnap made: committing it would write into {base}, an image qsnap never touched (a golden image shared by other VMs?); pass --any-overlay if that is what you want"
         )));
     }
+    let top_file = node_file(&qmp, &top).await;
     let job = format!("qsnap-commit-{}", std::process::id());
     let merged = live_commit(
         &qmp,
@@ -112,11 +118,14 @@ pub async fn commit(
         Some(cancel),
     )
     .await;
-    // Released whatever the outcome: a pivot that happened leaves qsnap's nodes behind.
-    if merged.is_ok() {
-        release(&qmp, &top).await;
-    }
+    // Only a merge that completed pivoted: then qsnap's nodes of the old top are
+    // released, and its file — nobody's image any more — removed.
     merged?;
+    let released = release(&qmp, &top).await;
+    let removed_overlay = match top_file {
+        Some(file) if released && !req.keep_overlay => remove_merged(&file),
+        _ => None,
+    };
     let blocks = qmp
         .execute(&QueryBlock)
         .await
@@ -129,7 +138,32 @@ pub async fn commit(
         base,
         chain: chain(block),
         ms: start.elapsed().as_secs_f64() * 1000.0,
+        removed_overlay,
     })
+}
+
+/// The image file of node `name`, if QEMU reports one that is a local path.
+async fn node_file(qmp: &qmp::Client, name: &str) -> Option<String> {
+    let nodes = qmp
+        .execute(&QueryNamedBlockNodes { flat: Some(true) })
+        .await
+        .ok()?;
+    nodes
+        .into_iter()
+        .find(|n| n.node_name.as_deref() == Some(name))
+        .map(|n| n.file)
+        .filter(|f| f.starts_with('/'))
+}
+
+/// Removes the merged overlay's file; returns it if it is gone now.
+fn remove_merged(file: &str) -> Option<String> {
+    match std::fs::remove_file(file) {
+        Ok(()) => Some(file.to_owned()),
+        Err(e) => {
+            warn!(file, error = %e, "the merged overlay's file could not be removed");
+            None
+        }
+    }
 }
 
 /// One live merge: `top` into `base` on the disk whose active node is `device`.
@@ -262,9 +296,11 @@ fn find_disk<'a>(blocks: &'a [BlockInfo], want: &str) -> Result<&'a BlockInfo> {
 /// Deletes the merged-away top node and its file node when qsnap added them: QEMU
 /// keeps monitor-owned nodes alive after the pivot, and they keep claiming the base as
 /// their backing, which blocks the next snapshot of it. Nodes qsnap did not create are
-/// left alone, and the overlay file itself stays on disk.
-pub(crate) async fn release(qmp: &qmp::Client, top: &str) {
-    for node in released_nodes(top) {
+/// left alone. Returns whether both of qsnap's nodes are gone.
+pub(crate) async fn release(qmp: &qmp::Client, top: &str) -> bool {
+    let nodes = released_nodes(top);
+    let mut all = !nodes.is_empty();
+    for node in nodes {
         match qmp
             .execute(&BlockdevDel {
                 node_name: node.clone(),
@@ -272,9 +308,13 @@ pub(crate) async fn release(qmp: &qmp::Client, top: &str) {
             .await
         {
             Ok(_) => debug!(node, "released"),
-            Err(e) => debug!(node, error = %e, "not released"),
+            Err(e) => {
+                debug!(node, error = %e, "not released");
+                all = false;
+            }
         }
     }
+    all
 }
 
 /// The nodes a commit of `top` releases: only qsnap's own overlay pair.

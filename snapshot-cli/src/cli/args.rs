@@ -155,6 +155,9 @@ pub(crate) struct CommitArgs {
     /// image other VMs share — is never written).
     #[arg(long)]
     pub(crate) any_overlay: bool,
+    /// Keep the merged overlay's file (by default qsnap removes it once merged).
+    #[arg(long)]
+    pub(crate) keep_overlay: bool,
 }
 
 #[derive(Debug, Args)]

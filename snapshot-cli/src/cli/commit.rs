@@ -14,6 +14,7 @@ pub(crate) async fn run(g: &Global, args: CommitArgs, cancel: &CancellationToken
         top: args.top,
         base: args.base,
         any_overlay: args.any_overlay,
+        keep_overlay: args.keep_overlay,
     };
     let bar = (std::io::stderr().is_terminal() && !g.json && !g.quiet).then(|| {
         let bar = ProgressBar::new(0);
@@ -51,6 +52,9 @@ fn human(r: &CommitReport) -> String {
     );
     for (depth, file) in r.chain.iter().enumerate() {
         s.push_str(&format!("\n  {:width$}└ {file}", "", width = depth * 2));
+    }
+    if let Some(file) = &r.removed_overlay {
+        s.push_str(&format!("\nremoved the merged overlay {file}"));
     }
     s
 }

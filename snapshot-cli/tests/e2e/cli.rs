@@ -314,8 +314,14 @@ async fn snapshot_report_then_info_then_commit_restores_each_chain() {
             );
             assert_eq!(d["backing_file"], vm.disks()[i].display().to_string());
         }
-        let t = &r["timings_ms"];
-        assert!(t["in_freeze_overhead"].as_f64().unwrap() <= t["frozen_window"].as_f64().unwrap());
+        // The end state, read from QEMU and the disk rather than from the report.
+        assert_eq!(overlay_files(&vm, "cli1").len(), 2);
+        assert_eq!(
+            qsnap_nodes(&vm).await.len(),
+            4,
+            "two overlay nodes + two file nodes"
+        );
+        assert_eq!(fsstatus(&vm).await, FsfreezeStatus::Thawed);
 
         let (_, out, _) = run(&vm, &["--json", "info"]).await;
         let info = json_of(&out);
@@ -334,7 +340,24 @@ async fn snapshot_report_then_info_then_commit_restores_each_chain() {
                     vm.base(i).display().to_string()
                 ]
             );
+            assert_eq!(
+                c["removed_overlay"],
+                vm.dir()
+                    .join(format!("disk{i}.cli1.qcow2"))
+                    .display()
+                    .to_string()
+            );
         }
+        assert_eq!(
+            overlay_files(&vm, "cli1"),
+            Vec::<String>::new(),
+            "merged files removed"
+        );
+        assert_eq!(
+            qsnap_nodes(&vm).await,
+            Vec::<String>::new(),
+            "nodes released"
+        );
         // The chain is as before, so the same disks can be snapshotted again.
         let (code, out, _) = run(&vm, &["snapshot", "--name", "cli2"]).await;
         assert_eq!(code, 0);

@@ -362,9 +362,16 @@ async fn commit_refuses_an_overlay_qsnap_did_not_make() {
         let base = std::fs::read(vm.base(0)).unwrap();
         let (code, _, err) = run(&vm, &["commit", "--disk", "vblk0"]).await;
         assert_eq!(code, 1, "{err}");
-        assert!(err.contains("--any-overlay") && err.contains("never touched"), "{err}");
+        assert!(
+            err.contains("--any-overlay") && err.contains("never touched"),
+            "{err}"
+        );
         assert_eq!(active_nodes(&vm).await, ["disk0"]);
-        assert_eq!(std::fs::read(vm.base(0)).unwrap(), base, "the base was written");
+        assert_eq!(
+            std::fs::read(vm.base(0)).unwrap(),
+            base,
+            "the base was written"
+        );
     })
     .await;
 }

@@ -118,6 +118,7 @@ async fn a_disk_keeps_its_node_name_across_snapshots_and_commits() {
             top: None,
             base: None,
             any_overlay: false,
+            keep_overlay: false,
         };
         let done = qsnap::commit(&commit, |_| {}, &CancellationToken::new())
             .await

@@ -68,6 +68,7 @@ async fn commit_back(vm: &QemuVm) -> Result<()> {
             base: None,
             // The baselines' overlays are not qsnap's.
             any_overlay: true,
+            keep_overlay: false,
         };
         qsnap::commit(&req, |_| {}, &CancellationToken::new()).await?;
     }
