@@ -16,6 +16,7 @@ mod faults;
 mod proxy;
 mod reliability;
 mod snapshot;
+mod soak;
 
 use qga::commands::{FsfreezeStatus, GuestFsfreezeStatus};
 use qsnap::SnapshotRequest;
