@@ -15,6 +15,7 @@ mod fake;
 mod faults;
 mod proxy;
 mod reliability;
+mod sim_faults;
 mod snapshot;
 mod soak;
 

@@ -1,0 +1,302 @@
+//! The coordinator and commit against the simulated VM (`qsnap_tests::sim`): faults
+//! the real rig cannot provoke on demand, in milliseconds to seconds. Each test checks
+//! the simulated truth (the agent's frozen state, the monitor's block graph, files on
+//! disk), not qsnap's report.
+
+use qsnap::{CancellationToken, CommitRequest, Consistency, Error, Quiesce, SnapshotRequest};
+use qsnap_tests::sim::{SimFsStatus, SimVm};
+use qsnap_tests::within;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+async fn sim(disks: usize) -> (tempfile::TempDir, SimVm) {
+    let dir = tempfile::tempdir().unwrap();
+    let vm = SimVm::start(dir.path(), disks).await.unwrap();
+    (dir, vm)
+}
+
+fn request(vm: &SimVm, name: &str) -> SnapshotRequest {
+    let mut req = SnapshotRequest::new(vm.qmp_path())
+        .qga(vm.qga_path())
+        .name(name);
+    req.freeze_timeout = Duration::from_millis(800);
+    req.agent_timeout = Duration::from_secs(2);
+    req
+}
+
+/// Files of snapshot `name` in `dir`.
+fn overlays(dir: &Path, name: &str) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|f| f.contains(&format!(".{name}.")))
+        .collect()
+}
+
+fn qsnap_nodes(vm: &SimVm) -> Vec<String> {
+    vm.monitor()
+        .nodes()
+        .into_iter()
+        .filter(|n| n.starts_with("qsnap-"))
+        .collect()
+}
+
+/// The VM is exactly as before: thawed, each disk on its own node, nothing of ours.
+fn assert_unchanged(dir: &Path, vm: &SimVm, name: &str, disks: usize) {
+    assert_eq!(vm.agent().status(), SimFsStatus::Thawed, "guest frozen");
+    for i in 0..disks {
+        assert_eq!(
+            vm.monitor().root(&format!("vblk{i}")),
+            Some(format!("disk{i}"))
+        );
+    }
+    assert_eq!(qsnap_nodes(vm), Vec::<String>::new(), "stray nodes");
+    assert_eq!(overlays(dir, name), Vec::<String>::new(), "stray files");
+}
+
+#[tokio::test]
+async fn a_snapshot_of_the_simulated_vm_is_quiesced_and_switches_every_disk() {
+    within(30, async {
+        let (_dir, vm) = sim(2).await;
+        let report = qsnap::snapshot(&request(&vm, "s"), &CancellationToken::new())
+            .await
+            .unwrap();
+        assert_eq!(report.consistency, Consistency::Quiesced);
+        assert_eq!((vm.agent().freeze_count(), vm.agent().thaw_count()), (1, 1));
+        assert_eq!(vm.agent().status(), SimFsStatus::Thawed);
+        for i in 0..2 {
+            let chain = vm.monitor().chain(&format!("vblk{i}"));
+            assert_eq!(chain.len(), 2, "{chain:?}");
+            assert!(chain[0].starts_with("qsnap-") && chain[1] == format!("disk{i}"));
+        }
+    })
+    .await;
+}
+
+/// A hook that outlasts the deadline but ends inside qsnap's confirmation window: the
+/// thaw written behind the freeze runs right after it, qsnap confirms and reports
+/// "nothing changed" (exit 3) truthfully.
+#[tokio::test]
+async fn slow_hook_the_thaw_queued_behind_the_freeze_runs_when_it_ends() {
+    within(30, async {
+        let (dir, vm) = sim(2).await;
+        vm.agent().set_freeze_hook(Duration::from_secs(2));
+        let err = qsnap::snapshot(&request(&vm, "h"), &CancellationToken::new())
+            .await
+            .unwrap_err();
+        assert_eq!(err.exit_code(), 3, "{err}");
+        assert_unchanged(dir.path(), &vm, "h", 2);
+        assert_eq!(vm.agent().freeze_count(), 1, "the freeze did happen");
+    })
+    .await;
+}
+
+/// A hook longer than qsnap waits: exit 5 — and with no client and no guardian left,
+/// the thaw qsnap queued still runs once the hook ends (old main: frozen for good).
+#[tokio::test]
+async fn hook_longer_than_qsnap_waits_still_ends_thawed_without_any_client() {
+    within(30, async {
+        let (_dir, vm) = sim(1).await;
+        vm.agent().set_freeze_hook(Duration::from_secs(7));
+        let start = Instant::now();
+        let err = qsnap::snapshot(&request(&vm, "hh"), &CancellationToken::new())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::ThawUnconfirmed { .. }), "{err:?}");
+        assert!(
+            start.elapsed() < Duration::from_secs(7),
+            "{:?}",
+            start.elapsed()
+        );
+        while vm.agent().freeze_count() == 0 || vm.agent().status() == SimFsStatus::Frozen {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(vm.agent().status(), SimFsStatus::Thawed);
+    })
+    .await;
+}
+
+/// The transaction's effect comes after the freeze deadline: under `required` the
+/// switch is merged back and everything removed; the graph is as before (exit 3).
+#[tokio::test]
+async fn late_switch_under_required_is_merged_back() {
+    within(30, async {
+        let (dir, vm) = sim(2).await;
+        vm.monitor()
+            .delay_effect_and_reply("transaction", Duration::from_millis(1500));
+        let err = qsnap::snapshot(&request(&vm, "l"), &CancellationToken::new())
+            .await
+            .unwrap_err();
+        assert_eq!(err.exit_code(), 3, "{err}");
+        assert!(err.to_string().contains("undone"), "{err}");
+        assert_unchanged(dir.path(), &vm, "l", 2);
+        assert!(vm.monitor().log().iter().any(|c| c == "block-commit"));
+    })
+    .await;
+}
+
+/// The same under `preferred`: kept, said to be crash-consistent (exit 6).
+#[tokio::test]
+async fn late_switch_under_preferred_is_kept_as_crash_consistent() {
+    within(30, async {
+        let (dir, vm) = sim(1).await;
+        vm.monitor()
+            .delay_effect_and_reply("transaction", Duration::from_millis(1500));
+        let req = request(&vm, "lp").quiesce(Quiesce::Preferred);
+        let err = qsnap::snapshot(&req, &CancellationToken::new())
+            .await
+            .unwrap_err();
+        let Error::NotConsistent { report, .. } = &err else {
+            panic!("{err:?}")
+        };
+        assert_eq!(report.consistency, Consistency::CrashConsistent);
+        assert_eq!(err.exit_code(), 6);
+        assert_eq!(overlays(dir.path(), "lp").len(), 1);
+        assert!(vm.monitor().root("vblk0").unwrap().starts_with("qsnap-"));
+        assert_eq!(vm.agent().status(), SimFsStatus::Thawed);
+    })
+    .await;
+}
+
+/// QEMU switched the disks and the connection died before the reply: qsnap
+/// reconnects, reads `query-block`, sees the switch, and (it was not seen in time)
+/// merges it back.
+#[tokio::test]
+async fn connection_lost_after_the_switch_reconnects_and_merges_back() {
+    within(30, async {
+        let (dir, vm) = sim(2).await;
+        vm.monitor().disconnect_on("transaction", false);
+        let err = qsnap::snapshot(&request(&vm, "d"), &CancellationToken::new())
+            .await
+            .unwrap_err();
+        assert_eq!(err.exit_code(), 3, "{err}");
+        assert_unchanged(dir.path(), &vm, "d", 2);
+        assert!(vm.monitor().connections() >= 2, "it reconnected");
+    })
+    .await;
+}
+
+/// The connection died before QEMU ran the transaction: nothing switched; the
+/// overlays are rolled back over a new connection.
+#[tokio::test]
+async fn connection_lost_before_the_switch_rolls_back_over_a_new_connection() {
+    within(30, async {
+        let (dir, vm) = sim(2).await;
+        vm.monitor().disconnect_on("transaction", true);
+        let err = qsnap::snapshot(&request(&vm, "db"), &CancellationToken::new())
+            .await
+            .unwrap_err();
+        assert!(!matches!(err, Error::CleanupIncomplete { .. }), "{err}");
+        assert!(err.to_string().contains("reply was lost"), "{err}");
+        assert_unchanged(dir.path(), &vm, "db", 2);
+    })
+    .await;
+}
+
+/// QEMU refuses the transaction: atomic, so nothing switched; rolled back (exit 4).
+#[tokio::test]
+async fn refused_transaction_rolls_back_and_exits_4() {
+    within(30, async {
+        let (dir, vm) = sim(2).await;
+        vm.monitor()
+            .fail_next("transaction", "GenericError", "Node 'disk0' is busy");
+        let err = qsnap::snapshot(&request(&vm, "r"), &CancellationToken::new())
+            .await
+            .unwrap_err();
+        assert_eq!(err.exit_code(), 4, "{err}");
+        assert_unchanged(dir.path(), &vm, "r", 2);
+    })
+    .await;
+}
+
+/// A guest that stays frozen whatever the thaw says: exit 5, never "thawed", and the
+/// unused overlays are removed.
+#[tokio::test]
+async fn guest_stuck_frozen_is_reported_and_the_unused_overlays_removed() {
+    within(30, async {
+        let (dir, vm) = sim(1).await;
+        vm.agent().stick_frozen(true);
+        vm.monitor()
+            .fail_next("transaction", "GenericError", "refused for the test");
+        let err = qsnap::snapshot(&request(&vm, "f"), &CancellationToken::new())
+            .await
+            .unwrap_err();
+        assert_eq!(err.exit_code(), 5, "{err}");
+        assert!(err.to_string().contains("may still be frozen"), "{err}");
+        assert_eq!(overlays(dir.path(), "f"), Vec::<String>::new());
+        assert_eq!(qsnap_nodes(&vm), Vec::<String>::new());
+    })
+    .await;
+}
+
+/// Ctrl-C arrives after `job-complete` was sent: the pivot is under way and finishes;
+/// the commit is reported done and qsnap's nodes are released (old main: "interrupted"
+/// and nodes left, so the next snapshot failed).
+#[tokio::test]
+async fn ctrl_c_after_job_complete_lets_the_commit_finish_and_releases_nodes() {
+    within(30, async {
+        let (dir, vm) = sim(1).await;
+        qsnap::snapshot(&request(&vm, "c"), &CancellationToken::new())
+            .await
+            .unwrap();
+        vm.monitor()
+            .delay("job-complete", Duration::from_millis(500));
+        let cancel = CancellationToken::new();
+        let watch = {
+            let (vm_mon, cancel) = (vm.monitor().clone(), cancel.clone());
+            tokio::spawn(async move {
+                while !vm_mon.log().iter().any(|c| c == "job-complete") {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                cancel.cancel();
+            })
+        };
+        let req = CommitRequest {
+            qmp: vm.qmp_path(),
+            disk: "vblk0".into(),
+            top: None,
+            base: None,
+            any_overlay: false,
+            keep_overlay: false,
+        };
+        let report = qsnap::commit(&req, |_| {}, &cancel).await.unwrap();
+        watch.await.unwrap();
+        assert_eq!(report.base, "disk0");
+        assert_eq!(vm.monitor().chain("vblk0"), ["disk0"]);
+        assert_eq!(qsnap_nodes(&vm), Vec::<String>::new());
+        assert_eq!(overlays(dir.path(), "c"), Vec::<String>::new());
+        // And the next snapshot works.
+        qsnap::snapshot(&request(&vm, "c2"), &CancellationToken::new())
+            .await
+            .unwrap();
+    })
+    .await;
+}
+
+/// A `query-jobs` error while following a commit is retried: the job is not left
+/// `ready` for ever.
+#[tokio::test]
+async fn a_failed_query_jobs_does_not_abandon_a_ready_commit() {
+    within(30, async {
+        let (_dir, vm) = sim(1).await;
+        qsnap::snapshot(&request(&vm, "q"), &CancellationToken::new())
+            .await
+            .unwrap();
+        vm.monitor()
+            .fail_next("query-jobs", "GenericError", "transient");
+        let req = CommitRequest {
+            qmp: vm.qmp_path(),
+            disk: "vblk0".into(),
+            top: None,
+            base: None,
+            any_overlay: false,
+            keep_overlay: false,
+        };
+        qsnap::commit(&req, |_| {}, &CancellationToken::new())
+            .await
+            .unwrap();
+        assert_eq!(vm.monitor().chain("vblk0"), ["disk0"]);
+        assert!(vm.monitor().jobs().is_empty(), "{:?}", vm.monitor().jobs());
+    })
+    .await;
+}
