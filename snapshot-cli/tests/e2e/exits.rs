@@ -4,8 +4,6 @@ use crate::cli::{qsnap, run};
 use crate::fake::{Fake, fake_agent};
 use crate::*;
 use qsnap_tests::Agent;
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 
 #[tokio::test]
 async fn usage_errors_exit_2() {
@@ -122,11 +120,7 @@ async fn vss_thawed_early_required_undoes_exit_3_preferred_keeps_exit_6() {
             .await
             .unwrap();
         let sock = vm.dir().join("fake.sock");
-        tokio::spawn(fake_agent(
-            sock.clone(),
-            Fake::WindowsAutoThaw,
-            Arc::new(AtomicBool::new(false)),
-        ));
+        let _sim = fake_agent(&sock, Fake::WindowsAutoThaw).await;
         let sock = sock.display().to_string();
         let (code, _, err) = run(&vm, &["--qga", &sock, "snapshot", "--name", "w"]).await;
         assert_eq!(code, 3, "{err}");
@@ -137,11 +131,7 @@ async fn vss_thawed_early_required_undoes_exit_3_preferred_keeps_exit_6() {
         assert_eq!(overlay_files(&vm, "w"), Vec::<String>::new());
         assert_eq!(qsnap_nodes(&vm).await, Vec::<String>::new());
         let sock2 = vm.dir().join("fake2.sock");
-        tokio::spawn(fake_agent(
-            sock2.clone(),
-            Fake::WindowsAutoThaw,
-            Arc::new(AtomicBool::new(false)),
-        ));
+        let _sim = fake_agent(&sock2, Fake::WindowsAutoThaw).await;
         let sock2 = sock2.display().to_string();
         let args = [
             "--qga",
@@ -170,11 +160,7 @@ async fn unconfirmed_thaw_exits_5_and_says_how_to_recover() {
             .await
             .unwrap();
         let sock = vm.dir().join("fake.sock");
-        tokio::spawn(fake_agent(
-            sock.clone(),
-            Fake::StuckFrozen,
-            Arc::new(AtomicBool::new(false)),
-        ));
+        let _sim = fake_agent(&sock, Fake::StuckFrozen).await;
         let sock = sock.display().to_string();
         let out = qsnap(&vm)
             .args(["--qga", &sock, "thaw"])

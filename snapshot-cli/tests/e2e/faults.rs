@@ -5,9 +5,9 @@ use crate::*;
 use qmp::commands::BlockdevSnapshotSync;
 use qsnap::{BeforeFreeze, CancellationToken, Consistency, Error, Quiesce};
 use qsnap_tests::Agent;
+use qsnap_tests::sim::{SimAgentEvent, SimFsStatus};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -122,8 +122,7 @@ async fn agent_hanging_on_freeze_hits_the_deadline_and_is_thawed() {
             .await
             .unwrap();
         let fake = vm.dir().join("fake-qga.sock");
-        let thawed = Arc::new(AtomicBool::new(false));
-        tokio::spawn(fake_agent(fake.clone(), Fake::HangOnFreeze, thawed.clone()));
+        let sim = fake_agent(&fake, Fake::SlowHook).await;
         let mut req = request(&vm, "hang").qga(&fake);
         req.freeze_timeout = Duration::from_secs(1);
         let start = Instant::now();
@@ -132,7 +131,12 @@ async fn agent_hanging_on_freeze_hits_the_deadline_and_is_thawed() {
             .unwrap_err();
         assert!(matches!(err, Error::QuiesceFailed { .. }), "{err:?}");
         assert_eq!(err.exit_code(), 3);
-        assert!(thawed.load(Ordering::SeqCst), "no thaw was sent");
+        assert_eq!(sim.freeze_count(), 1, "the freeze ran once the hook ended");
+        assert_eq!(
+            sim.status(),
+            SimFsStatus::Thawed,
+            "and the queued thaw after it"
+        );
         assert!(
             start.elapsed() < Duration::from_secs(8),
             "{:?}",
@@ -157,12 +161,7 @@ async fn failed_freeze_with_an_unconfirmed_thaw_reports_the_thaw() {
             .unwrap();
         for quiesce in [Quiesce::Required, Quiesce::Preferred] {
             let fake = vm.dir().join(format!("fake-{quiesce:?}.sock"));
-            let thawed = Arc::new(AtomicBool::new(false));
-            tokio::spawn(fake_agent(
-                fake.clone(),
-                Fake::FreezeFailsAndSticks,
-                thawed.clone(),
-            ));
+            let sim = fake_agent(&fake, Fake::FreezeFailsAndSticks).await;
             let mut req = request(&vm, "stuck").qga(&fake).quiesce(quiesce);
             req.guardian = None; // it would (rightly) keep trying after the test ends
             let err = qsnap::snapshot(&req, &CancellationToken::new())
@@ -173,7 +172,13 @@ async fn failed_freeze_with_an_unconfirmed_thaw_reports_the_thaw() {
                 "{quiesce:?}: {err:?}"
             );
             assert_eq!(err.exit_code(), 5);
-            assert!(thawed.load(Ordering::SeqCst), "a thaw must have been sent");
+            let thaws = sim
+                .log()
+                .iter()
+                .filter(|e| matches!(e, SimAgentEvent::Command { name, .. } if name == "guest-fsfreeze-thaw"))
+                .count();
+            assert!(thaws > 0, "a thaw must have been sent");
+            assert_eq!(sim.status(), SimFsStatus::Frozen);
             assert_eq!(overlay_files(&vm, "stuck"), Vec::<String>::new());
             assert_eq!(qsnap_nodes(&vm).await, Vec::<String>::new());
         }
@@ -193,12 +198,7 @@ async fn windows_guest_that_thawed_by_itself_is_undone_under_required() {
             .await
             .unwrap();
         let fake = vm.dir().join("fake-qga.sock");
-        let thawed = Arc::new(AtomicBool::new(false));
-        tokio::spawn(fake_agent(
-            fake.clone(),
-            Fake::WindowsAutoThaw,
-            thawed.clone(),
-        ));
+        let sim = fake_agent(&fake, Fake::WindowsAutoThaw).await;
         let req = request(&vm, "win").qga(&fake);
         let err = qsnap::snapshot(&req, &CancellationToken::new())
             .await
@@ -211,7 +211,7 @@ async fn windows_guest_that_thawed_by_itself_is_undone_under_required() {
             "{reason}"
         );
         assert_eq!(err.exit_code(), 3);
-        assert!(thawed.load(Ordering::SeqCst));
+        assert!(sim.thaw_count() > 0 || sim.status() == SimFsStatus::Thawed);
         assert_eq!(overlay_files(&vm, "win"), Vec::<String>::new());
         assert_eq!(qsnap_nodes(&vm).await, Vec::<String>::new());
         let qmp = vm.qmp().await.unwrap();
