@@ -367,14 +367,22 @@ async fn over_long_reply_fails_as_soon_as_the_limit_is_passed() {
 async fn replies_meant_for_someone_else_are_discarded() {
     within(async {
         let (mut fake, client) = pair(Config::default(), b"");
-        let opening = async {
-            let id = fake.sync_request().await;
-            fake.send(b"\xff{\"return\": 1}\n{\"return\": {}}\n\xff{\"error\": {\"class\": \"GenericError\", \"desc\": \"x\"}}\n")
-                .await;
-            fake.send_sync_reply(id).await;
-        };
-        let (client, ()) = tokio::join!(client, opening);
-        client.unwrap();
+        let client = tokio::spawn(client);
+        let id = fake.sync_request().await;
+        assert_ne!(id, 1);
+        fake.send(b"\xff{\"return\": 1}\n{\"return\": {}}\n\xff{\"error\": {\"class\": \"GenericError\", \"desc\": \"x\"}}\n")
+            .await;
+        // None of that is the reply to our sync: the opening must still be waiting.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!client.is_finished(), "the client took a stale reply for its sync");
+        fake.send_sync_reply(id).await;
+        let client = client.await.unwrap().unwrap();
+        // In sync now: the next command goes out without another resync.
+        let (reply, ()) = tokio::join!(client.execute(&GuestPing), async {
+            fake.expect("guest-ping").await;
+            fake.reply(json!({})).await;
+        });
+        reply.unwrap();
     })
     .await;
 }
