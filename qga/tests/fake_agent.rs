@@ -136,6 +136,14 @@ fn peak_rss_kib() -> usize {
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
+/// For paused-clock tests: virtual time jumps ahead whenever the runtime idles, so a
+/// test that hangs with no timer pending would hang for ever; this one times out.
+async fn paused<F: Future>(f: F) -> F::Output {
+    tokio::time::timeout(Duration::from_secs(3600), f)
+        .await
+        .expect("test hung (a virtual hour passed)")
+}
+
 async fn within<F: Future>(f: F) -> F::Output {
     tokio::time::timeout(Duration::from_secs(20), f)
         .await
@@ -181,63 +189,72 @@ async fn partial_request_left_by_a_previous_client_does_not_break_the_opening() 
 /// The agent starts after the client connected: the first sync attempts go unanswered.
 #[tokio::test(start_paused = true)]
 async fn sync_retries_with_new_ids_until_a_late_agent_answers() {
-    let (mut fake, client) = pair(Config::default().sync_timeout(Duration::from_secs(30)), b"");
-    let late_agent = async {
-        let first = fake.sync_request().await;
-        let second = fake.sync_request().await;
-        assert_ne!(first, second, "each attempt needs a new id");
-        // Now the agent "starts" and answers the queued first one, then the current one.
-        fake.send_sync_reply(first).await;
-        fake.answer_sync().await;
-    };
-    let (client, ()) = tokio::join!(client, late_agent);
-    client.unwrap();
+    paused(async {
+        let (mut fake, client) = pair(Config::default().sync_timeout(Duration::from_secs(30)), b"");
+        let late_agent = async {
+            let first = fake.sync_request().await;
+            let second = fake.sync_request().await;
+            assert_ne!(first, second, "each attempt needs a new id");
+            // Now the agent "starts" and answers the queued first one, then the current one.
+            fake.send_sync_reply(first).await;
+            fake.answer_sync().await;
+        };
+        let (client, ()) = tokio::join!(client, late_agent);
+        client.unwrap();
+    })
+    .await;
 }
 
 /// No agent in the guest: nothing ever answers.
 #[tokio::test(start_paused = true)]
 async fn silent_agent_gives_a_sync_timeout_at_the_deadline() {
-    let (_fake, client) = pair(Config::default().sync_timeout(Duration::from_secs(3)), b"");
-    let start = tokio::time::Instant::now();
-    let err = client.await.unwrap_err();
-    assert!(matches!(err, Error::SyncTimeout { .. }), "{err:?}");
-    assert!(
-        start.elapsed() <= Duration::from_millis(3100),
-        "{:?}",
-        start.elapsed()
-    );
-    assert!(err.to_string().contains("qemu-ga running"));
+    paused(async {
+        let (_fake, client) = pair(Config::default().sync_timeout(Duration::from_secs(3)), b"");
+        let start = tokio::time::Instant::now();
+        let err = client.await.unwrap_err();
+        assert!(matches!(err, Error::SyncTimeout { .. }), "{err:?}");
+        assert!(
+            start.elapsed() <= Duration::from_millis(3100),
+            "{:?}",
+            start.elapsed()
+        );
+        assert!(err.to_string().contains("qemu-ga running"));
+    })
+    .await;
 }
 
 /// The agent answers the sync but hangs on freeze (a stuck fsfreeze hook).
 #[tokio::test(start_paused = true)]
 async fn hung_freeze_times_out_within_the_deadline_and_the_next_call_resyncs() {
-    let (mut fake, client) = synced(Config::default()).await;
-    let start = tokio::time::Instant::now();
-    let (reply, ()) = tokio::join!(
-        client.execute_with_timeout(&GuestFsfreezeFreeze, Duration::from_secs(2)),
-        async {
-            fake.expect("guest-fsfreeze-freeze").await;
-        }
-    );
-    let err = reply.unwrap_err();
-    assert!(err.is_timeout(), "{err:?}");
-    assert!(err.to_string().contains("may still complete in the guest"));
-    assert!(start.elapsed() <= Duration::from_millis(2100));
-    let (reply, ()) = tokio::join!(client.execute(&GuestFsfreezeThaw), async {
-        // The client must resync before its next command. Only then does the freeze
-        // finally complete: its reply arrives first and is stale.
-        let id = fake.sync_request().await;
-        fake.reply(json!(2)).await;
-        fake.send_sync_reply(id).await;
-        fake.expect("guest-fsfreeze-thaw").await;
-        fake.reply(json!(7)).await;
-    });
-    assert_eq!(
-        reply.unwrap(),
-        7,
-        "the stale freeze reply must not be taken"
-    );
+    paused(async {
+        let (mut fake, client) = synced(Config::default()).await;
+        let start = tokio::time::Instant::now();
+        let (reply, ()) = tokio::join!(
+            client.execute_with_timeout(&GuestFsfreezeFreeze, Duration::from_secs(2)),
+            async {
+                fake.expect("guest-fsfreeze-freeze").await;
+            }
+        );
+        let err = reply.unwrap_err();
+        assert!(err.is_timeout(), "{err:?}");
+        assert!(err.to_string().contains("may still complete in the guest"));
+        assert!(start.elapsed() <= Duration::from_millis(2100));
+        let (reply, ()) = tokio::join!(client.execute(&GuestFsfreezeThaw), async {
+            // The client must resync before its next command. Only then does the freeze
+            // finally complete: its reply arrives first and is stale.
+            let id = fake.sync_request().await;
+            fake.reply(json!(2)).await;
+            fake.send_sync_reply(id).await;
+            fake.expect("guest-fsfreeze-thaw").await;
+            fake.reply(json!(7)).await;
+        });
+        assert_eq!(
+            reply.unwrap(),
+            7,
+            "the stale freeze reply must not be taken"
+        );
+    })
+    .await;
 }
 
 /// The guest sends bytes that are not UTF-8 as its reply.
@@ -282,15 +299,18 @@ async fn return_of_the_wrong_type_is_a_decode_error() {
 /// The guest starts a reply and never finishes it.
 #[tokio::test(start_paused = true)]
 async fn reply_that_never_ends_times_out() {
-    let (mut fake, client) = synced(Config::default()).await;
-    let (reply, ()) = tokio::join!(
-        client.execute_with_timeout(&GuestPing, Duration::from_secs(1)),
-        async {
-            fake.expect("guest-ping").await;
-            fake.send(b"{\"return\": {\"aaaa").await;
-        }
-    );
-    assert!(reply.unwrap_err().is_timeout());
+    paused(async {
+        let (mut fake, client) = synced(Config::default()).await;
+        let (reply, ()) = tokio::join!(
+            client.execute_with_timeout(&GuestPing, Duration::from_secs(1)),
+            async {
+                fake.expect("guest-ping").await;
+                fake.send(b"{\"return\": {\"aaaa").await;
+            }
+        );
+        assert!(reply.unwrap_err().is_timeout());
+    })
+    .await;
 }
 
 /// The guest streams a 100 MiB line with no newline.

@@ -20,6 +20,14 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, DuplexStream};
 const GREETING: &[u8] = br#"{"QMP": {"version": {"qemu": {"micro": 2, "minor": 0, "major": 10}, "package": "fake"}, "capabilities": ["oob"]}}"#;
 
 /// No test may hang: everything runs under this deadline.
+/// For paused-clock tests: virtual time jumps ahead whenever the runtime idles, so a
+/// test that hangs with no timer pending would hang for ever; this one times out.
+async fn paused<F: Future>(f: F) -> F::Output {
+    tokio::time::timeout(Duration::from_secs(3600), f)
+        .await
+        .expect("test hung (a virtual hour passed)")
+}
+
 async fn within<F: Future>(f: F) -> F::Output {
     tokio::time::timeout(Duration::from_secs(10), f)
         .await
@@ -104,10 +112,13 @@ async fn greeting_split_across_reads_is_assembled() {
 
 #[tokio::test(start_paused = true)]
 async fn silent_peer_gives_greeting_timeout() {
-    let (_peer, client) = pair(Config::default().greeting_timeout(Duration::from_secs(2)));
-    let err = client.await.unwrap_err();
-    assert!(matches!(err, Error::GreetingTimeout { .. }), "{err:?}");
-    assert!(err.to_string().contains("another client"));
+    paused(async {
+        let (_peer, client) = pair(Config::default().greeting_timeout(Duration::from_secs(2)));
+        let err = client.await.unwrap_err();
+        assert!(matches!(err, Error::GreetingTimeout { .. }), "{err:?}");
+        assert!(err.to_string().contains("another client"));
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -177,24 +188,27 @@ async fn concurrent_commands_answered_out_of_order_get_their_own_replies() {
 
 #[tokio::test(start_paused = true)]
 async fn execute_timeout_then_late_reply_is_dropped() {
-    let (mut peer, client) = connected(Config::default()).await;
-    let err = client
-        .execute_raw_with_timeout("slow", Value::Null, Duration::from_millis(50))
-        .await
-        .unwrap_err();
-    assert!(err.is_timeout(), "{err:?}");
-    assert!(err.to_string().contains("may still carry it out"));
-    let (_, late_id) = peer.command().await;
-    peer.reply(&late_id, json!("late")).await;
-    let peer_side = async {
-        let (_, id) = peer.command().await;
-        assert_ne!(id, late_id);
-        peer.reply(&id, json!({"status": "running", "running": true}))
-            .await;
-    };
-    let (status, ()) = tokio::join!(client.execute(&QueryStatus), peer_side);
-    assert_eq!(status.unwrap().status, "running");
-    assert!(client.closed().is_none());
+    paused(async {
+        let (mut peer, client) = connected(Config::default()).await;
+        let err = client
+            .execute_raw_with_timeout("slow", Value::Null, Duration::from_millis(50))
+            .await
+            .unwrap_err();
+        assert!(err.is_timeout(), "{err:?}");
+        assert!(err.to_string().contains("may still carry it out"));
+        let (_, late_id) = peer.command().await;
+        peer.reply(&late_id, json!("late")).await;
+        let peer_side = async {
+            let (_, id) = peer.command().await;
+            assert_ne!(id, late_id);
+            peer.reply(&id, json!({"status": "running", "running": true}))
+                .await;
+        };
+        let (status, ()) = tokio::join!(client.execute(&QueryStatus), peer_side);
+        assert_eq!(status.unwrap().status, "running");
+        assert!(client.closed().is_none());
+    })
+    .await;
 }
 
 #[tokio::test]

@@ -64,6 +64,10 @@ pub struct SnapshotRequest {
     /// Testing aid: see [`BeforeFreeze`].
     #[doc(hidden)]
     pub before_freeze: Option<BeforeFreeze>,
+    /// Testing aid: like [`BeforeFreeze`], but run once the freeze answered, right
+    /// before the transaction (e.g. to panic while the guest is frozen).
+    #[doc(hidden)]
+    pub while_frozen: Option<BeforeFreeze>,
 }
 
 impl SnapshotRequest {
@@ -82,6 +86,7 @@ impl SnapshotRequest {
             guardian: None,
             hold_frozen: Duration::ZERO,
             before_freeze: None,
+            while_frozen: None,
         }
     }
 

@@ -212,6 +212,9 @@ pub(crate) async fn frozen_switch(
         }
         Ok(n) => {
             info!(filesystems = n, "frozen");
+            if let Some(hook) = &req.while_frozen {
+                (hook.0)(qmp.clone()).await;
+            }
             match switch_in_time(req, call.as_mut(), deadline, cancel).await {
                 Ok(took) => disks_outcome = Disks::SwitchedInTime { took },
                 Err(SwitchFail::Refused(e)) => problem = Some(e),

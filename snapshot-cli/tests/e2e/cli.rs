@@ -171,7 +171,7 @@ async fn hung_coordinator_is_killed_by_the_guardian_which_thaws() {
 }
 
 #[tokio::test]
-async fn second_coordinator_on_the_same_vm_fails_within_1s() {
+async fn second_coordinator_on_the_same_vm_fails_at_once_without_waiting_for_the_socket() {
     within(180, async {
         let vm = booted(QemuVm::builder().disks(1)).await;
         let (mut first, _stderr) = frozen_coordinator(&vm, "one").await;
@@ -185,7 +185,8 @@ async fn second_coordinator_on_the_same_vm_fails_within_1s() {
         let stderr = String::from_utf8_lossy(&second.stderr);
         assert_eq!(second.status.code(), Some(1), "{stderr}");
         assert!(stderr.contains("another qsnap"), "{stderr}");
-        assert!(took < Duration::from_secs(1), "{took:?}");
+        // It must not wait for the busy socket's greeting timeout (5 s) or longer.
+        assert!(took < Duration::from_secs(4), "{took:?}");
         first.start_kill().unwrap();
         first.wait().await.unwrap();
     })

@@ -246,6 +246,15 @@ impl<F: Future> Future for PollLimit<F> {
 /// whole snapshot: both overlays active, their files present (it completed before the
 /// drop). `before` are the qsnap nodes earlier runs left as active disks.
 async fn settled(vm: &QemuVm, name: &str, before: &[String]) -> bool {
+    let sockets = [vm.qmp_path(), vm.qga_path()];
+    let sockets: Vec<&std::path::Path> = sockets.iter().map(|p| p.as_path()).collect();
+    for attempt in 0.. {
+        match qsnap::VmLock::acquire_all(&sockets) {
+            Ok(_) => break,
+            Err(e) if attempt > 600 => panic!("the VM stays locked: {e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
     let mut state = String::new();
     for _ in 0..100 {
         let status = fsstatus(vm).await;
@@ -288,8 +297,9 @@ async fn cancelled_after_any_number_of_polls_the_guest_ends_thawed() {
         for i in 1.. {
             let name = format!("p{i}");
             let before = qsnap_nodes(&vm).await;
-            let mut req = request(&vm, &name);
-            req.guardian = None; // this test is about the in-process paths
+            // With the guardian: a drop at any poll must not let it and the in-process
+            // paths fight (it holds the VM lock until it is done; `settled` waits).
+            let req = request(&vm, &name);
             let token = CancellationToken::new();
             let limited = PollLimit {
                 inner: Box::pin(qsnap::snapshot(&req, &token)),

@@ -300,3 +300,33 @@ async fn a_failed_query_jobs_does_not_abandon_a_ready_commit() {
     })
     .await;
 }
+
+/// A panic while the guest is frozen (here: in a test hook, as a bug would): the
+/// coordinator's task dies, and its drop guards still write the thaw and roll the
+/// overlays back — the runtime lives on, as in any server embedding the library.
+#[tokio::test]
+async fn a_panic_while_frozen_still_thaws_and_rolls_back() {
+    within(30, async {
+        let (dir, vm) = sim(2).await;
+        let mut req = request(&vm, "p");
+        req.while_frozen = Some(qsnap::BeforeFreeze(std::sync::Arc::new(|_qmp| {
+            Box::pin(async { panic!("a bug while frozen") })
+        })));
+        let run =
+            tokio::spawn(async move { qsnap::snapshot(&req, &CancellationToken::new()).await });
+        let err = run.await.unwrap_err();
+        assert!(err.is_panic());
+        assert_eq!(vm.agent().freeze_count(), 1, "it was frozen");
+        for _ in 0..100 {
+            if vm.agent().status() == SimFsStatus::Thawed
+                && qsnap_nodes(&vm).is_empty()
+                && overlays(dir.path(), "p").is_empty()
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_unchanged(dir.path(), &vm, "p", 2);
+    })
+    .await;
+}
