@@ -3,17 +3,9 @@
 //! Every reply comes from the guest and is untrusted: types are strict (a wrong type is
 //! [`Error::Decode`](crate::Error::Decode)), and optional members default when absent.
 
-use qmp::wire::{Command, Empty};
+use qmp::command;
+use qmp::wire::Empty;
 use serde::{Deserialize, Serialize};
-
-macro_rules! command {
-    ($ty:ty, $name:literal, $out:ty) => {
-        impl Command for $ty {
-            const NAME: &'static str = $name;
-            type Output = $out;
-        }
-    };
-}
 
 /// `guest-sync-delimited`: echoes `id` after a `0xFF` byte. The client uses it to
 /// resync; calling it directly is rarely useful.

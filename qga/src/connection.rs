@@ -22,7 +22,7 @@ use crate::error::{Error, GuestJsonError, Result};
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use qmp::Disconnect;
-use qmp::wire::{Frame, JsonLinesCodec, Message, Outgoing, encode_execute, parse};
+use qmp::wire::{Frame, JsonLinesCodec, Message, Outgoing, encode_execute, parse, read_frame};
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::Duration;
@@ -60,12 +60,11 @@ pub(crate) struct Connection<R, W> {
     urgent_writes: u64,
 }
 
+/// The end of the connection a read that is not a usable frame means.
 fn frame_error(frame: Option<std::io::Result<Frame>>) -> Disconnect {
-    match frame {
-        None => Disconnect::Eof,
-        Some(Err(e)) => Disconnect::Io(Arc::new(e)),
-        Some(Ok(Frame::Truncated { len })) => Disconnect::Truncated { len },
-        Some(Ok(other)) => {
+    match read_frame(frame) {
+        Err(cause) => cause,
+        Ok(other) => {
             debug!(?other, "not a disconnect");
             Disconnect::Eof
         }

@@ -5,7 +5,9 @@ use crate::commands::QmpCapabilities;
 use crate::connection::{Reply, Shared, spawn};
 use crate::error::{Disconnect, Error, Result};
 use crate::events::Events;
-use crate::wire::{Command, Frame, Greeting, JsonLinesCodec, Message, encode_execute, parse};
+use crate::wire::{
+    Command, Frame, Greeting, JsonLinesCodec, Message, encode_execute, parse, read_frame,
+};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use serde::Serialize;
@@ -222,11 +224,7 @@ impl Client {
 async fn read_greeting<R: AsyncRead + Unpin>(
     reader: &mut FramedRead<R, JsonLinesCodec>,
 ) -> Result<Greeting> {
-    let frame = match reader.next().await {
-        None => return Err(Error::Disconnected(Disconnect::Eof)),
-        Some(Err(e)) => return Err(Error::Disconnected(Disconnect::Io(Arc::new(e)))),
-        Some(Ok(frame)) => frame,
-    };
+    let frame = read_frame(reader.next().await).map_err(Error::Disconnected)?;
     let line = match frame {
         Frame::Line(line) => line,
         Frame::TooLong { limit } => {

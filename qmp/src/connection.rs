@@ -7,7 +7,7 @@
 //! wakes every pending caller.
 
 use crate::error::Disconnect;
-use crate::wire::{Event, Frame, JsonLinesCodec, Message, Outgoing, QmpError, parse};
+use crate::wire::{Event, Frame, JsonLinesCodec, Message, Outgoing, QmpError, parse, read_frame};
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
@@ -202,13 +202,12 @@ async fn read_task<R: AsyncRead + Unpin>(
             // Cancel-safe: a oneshot receiver can be polled again after a lost race.
             _ = &mut writer_gone => break Disconnect::Closed,
             // Cancel-safe: FramedRead keeps a partial frame in its buffer between polls.
-            frame = stream.next() => match frame {
-                None => break Disconnect::Eof,
-                Some(Err(e)) => break Disconnect::Io(Arc::new(e)),
-                Some(Ok(Frame::Line(line))) => shared.dispatch(&line),
-                Some(Ok(Frame::TooLong { limit })) => break Disconnect::FrameTooLong { limit },
-                Some(Ok(Frame::Truncated { len })) => break Disconnect::Truncated { len },
-                Some(Ok(Frame::Sentinel { .. })) => debug!("0xFF byte from QMP peer ignored"),
+            frame = stream.next() => match read_frame(frame) {
+                Err(cause) => break cause,
+                Ok(Frame::Line(line)) => shared.dispatch(&line),
+                Ok(Frame::TooLong { limit }) => break Disconnect::FrameTooLong { limit },
+                Ok(Frame::Sentinel { .. }) => debug!("0xFF byte from QMP peer ignored"),
+                Ok(Frame::Truncated { len }) => break Disconnect::Truncated { len },
             },
         }
     };

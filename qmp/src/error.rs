@@ -1,38 +1,10 @@
 //! The `qmp` crate's error type.
 
+pub use crate::wire::Disconnect;
 use crate::wire::QmpError;
 use std::io;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
-
-/// Why a connection ended. Cheap to clone: every pending and later call gets a copy.
-#[derive(Debug, Clone, thiserror::Error)]
-#[non_exhaustive]
-pub enum Disconnect {
-    /// The peer closed the socket between messages.
-    #[error("the peer closed the connection")]
-    Eof,
-    /// The peer closed the socket in the middle of a message.
-    #[error("the peer closed the connection in the middle of a message ({len} bytes received)")]
-    Truncated {
-        /// Bytes of the unfinished message.
-        len: usize,
-    },
-    /// The peer sent a message longer than the configured limit; its reply could not be
-    /// matched to a command, so the connection was closed.
-    #[error("the peer sent a message over the {limit}-byte limit (raise Config::max_frame)")]
-    FrameTooLong {
-        /// The limit in bytes.
-        limit: usize,
-    },
-    /// Reading or writing the socket failed.
-    #[error("i/o error on the socket")]
-    Io(#[source] Arc<io::Error>),
-    /// Every [`Client`](crate::Client) handle was dropped.
-    #[error("the client was dropped")]
-    Closed,
-}
 
 /// Errors from the QMP client.
 #[derive(Debug, thiserror::Error)]

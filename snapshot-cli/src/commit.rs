@@ -6,12 +6,12 @@
 //! it reports `ready`, then `job-complete` pivots the disk onto the base. Interrupting
 //! cancels the job; QEMU then leaves the chain as it was.
 
+use crate::disks::{self, active_node, backing_node, chain, find_disk};
 use crate::error::{Error, Result};
 use crate::lock::VmLock;
-use crate::plan;
 use qmp::commands::{
-    BlockCommit, BlockDeviceInfo, BlockInfo, BlockdevDel, JobCancel, JobComplete, JobDismiss,
-    QueryBlock, QueryJobs, QueryNamedBlockNodes,
+    BlockCommit, BlockdevDel, JobCancel, JobComplete, JobDismiss, QueryBlock, QueryJobs,
+    QueryNamedBlockNodes,
 };
 use serde::Serialize;
 use std::path::PathBuf;
@@ -89,8 +89,7 @@ pub async fn commit(
         .execute(&QueryBlock)
         .await
         .map_err(Error::qmp("query-block"))?;
-    let wanted =
-        crate::coordinator::resolve_names(&qmp, &blocks, std::slice::from_ref(&req.disk)).await?;
+    let wanted = disks::resolve_names(&qmp, &blocks, std::slice::from_ref(&req.disk)).await?;
     let block = find_disk(&blocks, &wanted[0])?;
     let device = block.qdev_id().map(str::to_owned);
     let active = active_node(block)?;
@@ -99,7 +98,7 @@ pub async fn commit(
         Some(b) => b.clone(),
         None => backing_node(&qmp, &top).await?,
     };
-    if req.base.is_none() && !req.any_overlay && !plan::is_qsnap_node(&top) {
+    if req.base.is_none() && !req.any_overlay && !disks::is_qsnap_node(&top) {
         return Err(Error::Invalid(format!(
             "{top} is not an overlay qsnap made: committing it would write into {base}, an image qsnap never touched (a golden image shared by other VMs?); pass --any-overlay if that is what you want"
         )));
@@ -288,11 +287,6 @@ async fn follow(
     }
 }
 
-fn find_disk<'a>(blocks: &'a [BlockInfo], want: &str) -> Result<&'a BlockInfo> {
-    let candidates: Vec<&BlockInfo> = blocks.iter().filter(|b| b.inserted.is_some()).collect();
-    plan::find(&candidates, want)
-}
-
 /// Deletes the merged-away top node and its file node when qsnap added them: QEMU
 /// keeps monitor-owned nodes alive after the pivot, and they keep claiming the base as
 /// their backing, which blocks the next snapshot of it. Nodes qsnap did not create are
@@ -319,54 +313,11 @@ pub(crate) async fn release(qmp: &qmp::Client, top: &str) -> bool {
 
 /// The nodes a commit of `top` releases: only qsnap's own overlay pair.
 fn released_nodes(top: &str) -> Vec<String> {
-    if plan::is_qsnap_node(top) {
+    if disks::is_qsnap_node(top) {
         vec![top.to_owned(), format!("{top}-f")]
     } else {
         Vec::new()
     }
-}
-
-fn active_node(block: &BlockInfo) -> Result<String> {
-    block
-        .inserted
-        .as_ref()
-        .and_then(|i| i.node_name.clone())
-        .ok_or_else(|| Error::Invalid("the disk has no node-name".into()))
-}
-
-/// The disk's chain of image files, active first.
-pub fn chain(block: &BlockInfo) -> Vec<String> {
-    block
-        .inserted
-        .as_ref()
-        .map(|i| i.image.chain().map(|img| img.filename.clone()).collect())
-        .unwrap_or_default()
-}
-
-/// The format node backing `top`, found by its image file name.
-async fn backing_node(qmp: &qmp::Client, top: &str) -> Result<String> {
-    let nodes = qmp
-        .execute(&QueryNamedBlockNodes { flat: Some(true) })
-        .await
-        .map_err(Error::qmp("query-named-block-nodes"))?;
-    let find = |name: &str| nodes.iter().find(|n| n.node_name.as_deref() == Some(name));
-    let top_info = find(top).ok_or_else(|| Error::Invalid(format!("no node {top}")))?;
-    let backing = top_info.backing_file.clone().ok_or_else(|| {
-        Error::Invalid(format!(
-            "{top} has no backing image: there is nothing to commit"
-        ))
-    })?;
-    // A raw block device has no format node: its protocol node is the image.
-    nodes
-        .iter()
-        .filter(|n| n.file == backing && n.node_name.is_some())
-        .max_by_key(|n| is_format_node(n))
-        .and_then(|n| n.node_name.clone())
-        .ok_or_else(|| Error::Invalid(format!("no node holds {top}'s backing image {backing}")))
-}
-
-fn is_format_node(n: &BlockDeviceInfo) -> bool {
-    !matches!(n.drv.as_str(), "file" | "host_device" | "nbd" | "throttle")
 }
 
 #[derive(Debug, thiserror::Error)]

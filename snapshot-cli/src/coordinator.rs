@@ -3,6 +3,7 @@
 //! the frozen window thaws on every path); [`Settle`] decides, from what was checked,
 //! what to keep, undo or report.
 
+use crate::disks;
 use crate::error::{Error, Result};
 use crate::freeze;
 use crate::lock::VmLock;
@@ -63,7 +64,7 @@ pub async fn snapshot(req: &SnapshotRequest, cancel: &CancellationToken) -> Resu
         .execute(&QueryBlock)
         .await
         .map_err(Error::qmp("query-block"))?;
-    let wanted = resolve_names(&qmp, &blocks, &req.disks).await?;
+    let wanted = disks::resolve_names(&qmp, &blocks, &req.disks).await?;
     let dir = req.overlay_dir.as_deref();
     let disks = plan::select(&blocks, &wanted, &name, dir, &node_tag())?;
     plan::check_paths(&disks, req.overlay_dir.is_some())?;
@@ -141,22 +142,6 @@ fn fallback_reason(req: &SnapshotRequest, switch: &window::Switch) -> Option<Str
         }
         _ => None,
     }
-}
-
-/// Lets a node lower in a disk's chain (`disk0` after a snapshot) name the disk.
-pub(crate) async fn resolve_names(
-    qmp: &qmp::Client,
-    blocks: &[qmp::commands::BlockInfo],
-    wanted: &[String],
-) -> Result<Vec<String>> {
-    if !plan::needs_resolution(blocks, wanted) {
-        return Ok(wanted.to_vec());
-    }
-    let nodes = qmp
-        .execute(&qmp::commands::QueryNamedBlockNodes { flat: Some(true) })
-        .await
-        .map_err(Error::qmp("query-named-block-nodes"))?;
-    Ok(plan::resolve_chain_names(blocks, &nodes, wanted))
 }
 
 fn node_tag() -> String {

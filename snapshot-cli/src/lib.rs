@@ -47,6 +47,7 @@
 
 pub mod commit;
 mod coordinator;
+mod disks;
 mod error;
 mod freeze;
 pub mod guardian;

@@ -1,7 +1,8 @@
 //! Planning: which disks, which overlay paths and node names. Nothing changes yet.
 
+use crate::disks::{NODE_PREFIX, find};
 use crate::error::{Error, Result};
-use qmp::commands::{BlockDeviceInfo, BlockInfo};
+use qmp::commands::BlockInfo;
 use std::path::{Path, PathBuf};
 
 /// One disk to snapshot.
@@ -25,14 +26,6 @@ pub(crate) struct DiskPlan {
     pub(crate) overlay_node: String,
     /// The overlay's file node.
     pub(crate) file_node: String,
-}
-
-/// Every node qsnap adds is named `qsnap-<tag>-<disk>` (and `...-f` for its file).
-const NODE_PREFIX: &str = "qsnap-";
-
-/// Whether qsnap created the node (by its name).
-pub(crate) fn is_qsnap_node(name: &str) -> bool {
-    name.starts_with(NODE_PREFIX)
 }
 
 /// Checks a snapshot name: it becomes part of file names.
@@ -99,83 +92,6 @@ pub(crate) fn select(
         }
     }
     Ok(plans)
-}
-
-/// Rewrites names that are not a disk's active node, qdev id or drive name but a node
-/// lower in some disk's backing chain (`disk0` after a snapshot) to that disk's active
-/// node. `nodes` is `query-named-block-nodes`; names found nowhere stay as they are.
-pub(crate) fn resolve_chain_names(
-    blocks: &[BlockInfo],
-    nodes: &[BlockDeviceInfo],
-    wanted: &[String],
-) -> Vec<String> {
-    let candidates: Vec<&BlockInfo> = blocks.iter().filter(|b| b.inserted.is_some()).collect();
-    wanted
-        .iter()
-        .map(|want| {
-            if candidates.iter().any(|b| matches(b, want)) {
-                return want.clone();
-            }
-            let file = nodes
-                .iter()
-                .find(|n| n.node_name.as_deref() == Some(want.as_str()))
-                .map(|n| n.image.filename.as_str());
-            let owner = file.and_then(|file| {
-                candidates.iter().find_map(|b| {
-                    let inserted = b.inserted.as_ref()?;
-                    inserted
-                        .image
-                        .chain()
-                        .any(|img| img.filename == file)
-                        .then(|| inserted.node_name.clone())?
-                })
-            });
-            owner.unwrap_or_else(|| want.clone())
-        })
-        .collect()
-}
-
-/// True when some wanted name is not directly a disk (resolution needs the node list).
-pub(crate) fn needs_resolution(blocks: &[BlockInfo], wanted: &[String]) -> bool {
-    wanted
-        .iter()
-        .any(|w| !blocks.iter().any(|b| b.inserted.is_some() && matches(b, w)))
-}
-
-/// The disk named `want` (active node-name, qdev id, or legacy drive name).
-pub(crate) fn find<'a>(candidates: &[&'a BlockInfo], want: &str) -> Result<&'a BlockInfo> {
-    candidates
-        .iter()
-        .copied()
-        .find(|b| matches(b, want))
-        .ok_or_else(|| not_found(want, candidates))
-}
-
-fn matches(block: &BlockInfo, want: &str) -> bool {
-    let node = block.inserted.as_ref().and_then(|i| i.node_name.as_deref());
-    node == Some(want)
-        || block.qdev_id() == Some(want)
-        || (!block.device.is_empty() && block.device == want)
-}
-
-fn not_found(want: &str, blocks: &[&BlockInfo]) -> Error {
-    let available = blocks
-        .iter()
-        .map(|b| {
-            let node = b.inserted.as_ref().and_then(|i| i.node_name.clone());
-            match (node, b.qdev_id()) {
-                (Some(n), Some(id)) => format!("{n} (device {id})"),
-                (Some(n), None) => n,
-                (None, Some(id)) => format!("device {id}"),
-                (None, None) => b.device.clone(),
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(", ");
-    Error::DiskNotFound {
-        wanted: want.to_owned(),
-        available,
-    }
 }
 
 fn disk_plan(
@@ -320,6 +236,8 @@ fn swappable(mode: u32, owner: u32, me: u32) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::disks::{needs_resolution, resolve_chain_names};
+    use qmp::commands::BlockDeviceInfo;
     use serde_json::json;
     use std::os::unix::fs::PermissionsExt;
 

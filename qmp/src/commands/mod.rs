@@ -14,13 +14,4 @@ pub use block::*;
 pub use jobs::*;
 pub use machine::*;
 
-/// Implements [`Command`](crate::wire::Command) for a struct.
-macro_rules! command {
-    ($ty:ty, $name:literal, $out:ty) => {
-        impl $crate::wire::Command for $ty {
-            const NAME: &'static str = $name;
-            type Output = $out;
-        }
-    };
-}
-pub(crate) use command;
+pub(crate) use crate::command;

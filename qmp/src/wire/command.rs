@@ -26,3 +26,15 @@ pub trait Command: Serialize {
 /// Marker output for commands that return `{}`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 pub struct Empty {}
+
+/// Implements [`Command`] for a struct: `command!(Type, "qemu-name", Output)`. The one
+/// definition both `qmp::commands` and `qga::commands` use.
+#[macro_export]
+macro_rules! command {
+    ($ty:ty, $name:literal, $out:ty) => {
+        impl $crate::wire::Command for $ty {
+            const NAME: &'static str = $name;
+            type Output = $out;
+        }
+    };
+}
