@@ -119,7 +119,6 @@ where
     /// Writes `0xFF` and an urgent command now. The replies it draws are unread, so a
     /// resync must come before the next command.
     async fn write_urgent(&mut self, message: Bytes) -> std::result::Result<(), Disconnect> {
-        debug!("writing an urgent command behind whatever is in flight");
         self.needs_sync = true;
         self.urgent_writes += 1;
         let written = async {
@@ -127,7 +126,9 @@ where
             self.writer.feed(Outgoing::Message(message)).await?;
             self.writer.flush().await
         };
-        written.await.map_err(|e| Disconnect::Io(Arc::new(e)))
+        let written = written.await.map_err(|e| Disconnect::Io(Arc::new(e)));
+        debug!(ok = written.is_ok(), "urgent command written behind whatever is in flight");
+        written
     }
 
     /// The next frame from the agent; urgent commands that arrive meanwhile are
@@ -169,7 +170,10 @@ where
         }
         let result = match &self.closed {
             Some(cause) => Err(Error::Disconnected(cause.clone())),
-            None => self.perform(&request.op, request.deadline).await,
+            None => {
+                let gone = || !request.detached && request.reply.is_closed();
+                self.perform(&request.op, request.deadline, gone).await
+            }
         };
         if let Err(Error::Disconnected(cause)) = &result {
             self.close(cause.clone());
@@ -178,7 +182,16 @@ where
         let _ = request.reply.send(result);
     }
 
-    async fn perform(&mut self, op: &Op, deadline: Duration) -> Result<Value> {
+    /// Runs one request. `gone` says whether its caller has given up: checked again
+    /// after a resync, which can take long (a busy agent), so that a command whose
+    /// caller left — a freeze abandoned at its deadline, with its thaw already written
+    /// urgently — is never written after it.
+    async fn perform(
+        &mut self,
+        op: &Op,
+        deadline: Duration,
+        gone: impl Fn() -> bool,
+    ) -> Result<Value> {
         match op {
             Op::Sync => {
                 self.sync(deadline).await?;
@@ -187,6 +200,13 @@ where
             Op::Execute { name, message } => {
                 if self.needs_sync {
                     self.sync(self.config.sync_timeout).await?;
+                    if gone() {
+                        debug!(command = %name, "caller left during the resync; not sent");
+                        return Err(Error::Timeout {
+                            command: name.clone(),
+                            after: deadline,
+                        });
+                    }
                 }
                 match timeout(deadline, self.execute(name, message.clone())).await {
                     Ok(result) => result,

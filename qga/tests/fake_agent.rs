@@ -572,3 +572,41 @@ async fn decode_errors_escape_the_guests_bytes() {
     })
     .await;
 }
+
+/// A busy agent delays the resync before a freeze; the caller gives up (its deadline)
+/// and writes the thaw urgently. When the resync finally completes, the abandoned
+/// freeze must not be written after its own thaw.
+#[tokio::test]
+async fn a_command_whose_caller_left_during_the_resync_is_never_written() {
+    within(async {
+        let (mut fake, client) = synced(Config::default()).await;
+        let (reply, ()) = tokio::join!(client.execute(&GuestPing), async {
+            fake.expect("guest-ping").await;
+            fake.send(b"garbage\n").await;
+        });
+        assert!(reply.is_err(), "a garbled reply forces a resync");
+        let freezer = client.clone();
+        let freeze = tokio::spawn(async move {
+            tokio::time::timeout(
+                Duration::from_millis(100),
+                freezer.execute(&GuestFsfreezeFreeze),
+            )
+            .await
+        });
+        let id = fake.sync_request().await;
+        assert!(freeze.await.unwrap().is_err(), "the caller gave up");
+        client.execute_urgent(&GuestFsfreezeThaw).unwrap();
+        assert_eq!(fake.next().await, Inbound::Sentinel);
+        fake.expect("guest-fsfreeze-thaw").await;
+        fake.send_sync_reply(id).await;
+        // Next on the wire: the resync the urgent thaw requires, then the ping —
+        // never the abandoned freeze.
+        let (reply, ()) = tokio::join!(client.execute(&GuestPing), async {
+            fake.answer_sync().await;
+            fake.expect("guest-ping").await;
+            fake.reply(json!({})).await;
+        });
+        reply.unwrap();
+    })
+    .await;
+}

@@ -73,8 +73,8 @@ pub struct CommitReport {
 /// # Errors
 /// [`Error::DiskNotFound`], [`Error::Invalid`] (no backing file to commit into, or
 /// not an overlay qsnap made and no `base`/`any_overlay`),
-/// [`Error::Interrupted`] (the job was cancelled), [`Error::SnapshotFailed`] when the
-/// job fails, [`Error::Qmp`], [`Error::Busy`].
+/// [`Error::CommitInterrupted`] (the job was cancelled), [`Error::CommitFailed`] when
+/// the job fails, [`Error::Qmp`], [`Error::Busy`].
 pub async fn commit(
     req: &CommitRequest,
     mut progress: impl FnMut(Progress),
@@ -94,13 +94,18 @@ pub async fn commit(
     let device = block.qdev_id().map(str::to_owned);
     let active = active_node(block)?;
     let top = req.top.clone().unwrap_or_else(|| active.clone());
-    let base = match &req.base {
-        Some(b) => b.clone(),
-        None => backing_node(&qmp, &top).await?,
+    let (base, made_over) = match (req.base.clone(), backing_node(&qmp, &top).await) {
+        (Some(b), made_over) => (b, made_over.ok()),
+        (None, Ok(b)) => (b.clone(), Some(b)),
+        (None, Err(e)) => return Err(e),
     };
-    if req.base.is_none() && !req.any_overlay && !disks::is_qsnap_node(&top) {
+    // By default only a qsnap overlay, into the image it was made over: anything else
+    // may write into an image qsnap never touched (a golden base other VMs share).
+    let into_its_own_base = made_over.as_deref() == Some(base.as_str());
+    let ours = disks::is_qsnap_node(&top) && into_its_own_base;
+    if !(req.any_overlay || ours) {
         return Err(Error::Invalid(format!(
-            "{top} is not an overlay qsnap made: committing it would write into {base}, an image qsnap never touched (a golden image shared by other VMs?); pass --any-overlay if that is what you want"
+            "committing {top} into {base} would write into an image qsnap never touched (a golden image shared by other VMs?): by default qsnap merges only its own overlays, into the image each was made over; pass --any-overlay if that is what you want"
         )));
     }
     let top_file = node_file(&qmp, &top).await;
@@ -178,8 +183,8 @@ pub(crate) struct LiveCommit<'a> {
 /// told to complete: then the commit finishes and is reported as done.
 ///
 /// # Errors
-/// [`Error::Interrupted`] when the job was cancelled (QEMU leaves the chain as it was),
-/// [`Error::SnapshotFailed`] when it failed, [`Error::Qmp`] when QMP failed.
+/// [`Error::CommitInterrupted`] when the job was cancelled (QEMU leaves the chain as
+/// it was), [`Error::CommitFailed`] when it failed, [`Error::Qmp`] when QMP failed.
 pub(crate) async fn live_commit(
     qmp: &qmp::Client,
     c: &LiveCommit<'_>,
@@ -195,7 +200,7 @@ pub(crate) async fn live_commit(
         ..Default::default()
     })
     .await
-    .map_err(Error::failed("starting block-commit"))?;
+    .map_err(Error::commit_failed("starting block-commit"))?;
     let never = CancellationToken::new();
     let outcome = follow(
         qmp,
@@ -229,6 +234,8 @@ async fn follow(
     let mut completing = false;
     let mut cancelled = false;
     let mut query_errors = 0;
+    let mut complete_errors = 0;
+    let mut failed_complete: Option<qmp::Error> = None;
     loop {
         let jobs = match qmp.execute(&QueryJobs).await {
             Ok(jobs) => {
@@ -246,7 +253,7 @@ async fn follow(
             }
         };
         let Some(info) = jobs.into_iter().find(|j| j.id == job) else {
-            return Err(Error::failed("committing")(JobGone));
+            return Err(Error::commit_failed("committing")(JobGone));
         };
         progress(Progress {
             current: info.current_progress,
@@ -254,21 +261,37 @@ async fn follow(
         });
         match info.status.as_str() {
             "concluded" | "null" => {
+                if let Some(e) = failed_complete {
+                    return Err(Error::commit_failed("completing block-commit")(e));
+                }
                 return match (info.error, cancelled) {
-                    (Some(e), false) => Err(Error::failed("committing")(JobFailed(e))),
+                    (Some(e), false) => Err(Error::commit_failed("committing")(JobFailed(e))),
                     // A cancel that lost the race to the job's own end is not an
                     // interruption: report what the job did.
-                    (Some(_), true) => Err(Error::Interrupted),
-                    (None, true) if !completing => Err(Error::Interrupted),
+                    (Some(_), true) => Err(Error::CommitInterrupted),
+                    (None, true) if !completing => Err(Error::CommitInterrupted),
                     (None, _) => Ok(()),
                 };
             }
             "ready" if active && !completing && !cancelled && !cancel.is_cancelled() => {
                 debug!(job, "ready; completing");
-                qmp.execute(&JobComplete { id: job.to_owned() })
-                    .await
-                    .map_err(Error::failed("completing block-commit"))?;
-                completing = true;
+                match qmp.execute(&JobComplete { id: job.to_owned() }).await {
+                    Ok(_) => completing = true,
+                    // Refused (e.g. the job went to standby) or no reply: try again on
+                    // the next poll; a job must never be left `ready` for good.
+                    Err(e) if complete_errors < 20 && !e.is_disconnected() => {
+                        complete_errors += 1;
+                        debug!(job, error = %e, "job-complete refused; retrying");
+                    }
+                    Err(e) => {
+                        warn!(job, error = %e, "job-complete keeps failing: cancelling the job");
+                        if let Err(e) = qmp.execute(&JobCancel { id: job.to_owned() }).await {
+                            debug!(job, error = %e, "cancel refused");
+                        }
+                        cancelled = true;
+                        failed_complete = Some(e);
+                    }
+                }
             }
             _ => {}
         }

@@ -93,6 +93,21 @@ pub enum Error {
     /// rolled back (both checked).
     #[error("interrupted; the guest was thawed and nothing was left behind")]
     Interrupted,
+    /// A live commit failed. QEMU keeps the disk on its overlay when a commit job
+    /// fails, so the guest sees no change; the backing image may already hold part of
+    /// the overlay's data.
+    #[error("commit failed while {during}")]
+    CommitFailed {
+        /// The step that failed.
+        during: &'static str,
+        /// The QMP or job error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A live commit was interrupted before it was told to complete, and its job was
+    /// cancelled (QEMU then keeps the disk on its overlay).
+    #[error("interrupted; the commit job was cancelled and the disk stays on its overlay")]
+    CommitInterrupted,
     /// The run failed and its cleanup could not remove everything (or could not check
     /// that it did): each leftover is listed with what to do about it.
     #[error("{failure}; cleanup incomplete, left behind: {}", left.join("; "))]
@@ -141,11 +156,11 @@ impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
             Self::QuiesceUnavailable { .. } | Self::QuiesceFailed { .. } => 3,
-            Self::SnapshotFailed { .. } => 4,
+            Self::SnapshotFailed { .. } | Self::CommitFailed { .. } => 4,
             Self::ThawUnconfirmed { .. } => 5,
             Self::NotConsistent { .. } => 6,
             Self::CleanupIncomplete { .. } => 7,
-            Self::Interrupted => 130,
+            Self::Interrupted | Self::CommitInterrupted => 130,
             _ => 1,
         }
     }
@@ -161,13 +176,26 @@ impl Error {
             Self::SnapshotFailed { during, source } => {
                 format!("snapshot failed while {during}: {}", chain(source.as_ref()))
             }
-            Self::Interrupted => "interrupted".to_owned(),
+            Self::Interrupted | Self::CommitInterrupted => "interrupted".to_owned(),
+            Self::CommitFailed { during, source } => {
+                format!("commit failed while {during}: {}", chain(source.as_ref()))
+            }
             other => chain(other),
         }
     }
 
     pub(crate) fn qmp(during: &'static str) -> impl FnOnce(qmp::Error) -> Self {
         move |source| Self::Qmp { during, source }
+    }
+
+    pub(crate) fn commit_failed<E>(during: &'static str) -> impl FnOnce(E) -> Self
+    where
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        move |e| Self::CommitFailed {
+            during,
+            source: Box::new(e),
+        }
     }
 
     pub(crate) fn failed<E>(during: &'static str) -> impl FnOnce(E) -> Self

@@ -17,6 +17,8 @@ const WINDOWS_AUTO_THAW: &str = "fsfreeze is limited up to 10 seconds";
 const WINDOWS_BUDGET: Duration = Duration::from_millis(9_000);
 /// Deadline for each thaw-side call.
 const THAW_TIMEOUT: Duration = Duration::from_secs(5);
+/// Pause between confirmation attempts after a failure or a guest still frozen.
+const RETRY_PAUSE: Duration = Duration::from_millis(200);
 /// How long a rescuer waits for a sync before it writes the thaw behind whatever the
 /// agent is busy with.
 const RESCUE_SYNC: Duration = Duration::from_secs(2);
@@ -196,11 +198,14 @@ async fn confirm_thawed(
                     Ok(n) => count = Some(n),
                     Err(e) => last = Some(e),
                 }
+                tokio::time::sleep_until(until.min(Instant::now() + RETRY_PAUSE)).await;
             }
             Err(e) if e.is_disconnected() => return Err(Some(e)),
             Err(e) => {
                 debug!(error = %e, "status unknown; asking again");
                 last = Some(e);
+                // An agent that fails at once must not be hammered.
+                tokio::time::sleep_until(until.min(Instant::now() + RETRY_PAUSE)).await;
             }
         }
     }
@@ -305,9 +310,10 @@ impl FreezeGuard {
 impl Drop for FreezeGuard {
     fn drop(&mut self) {
         if let Some(client) = self.client.take() {
-            warn!("leaving the frozen window abnormally: writing a thaw at once");
-            if let Err(e) = client.execute_urgent(&GuestFsfreezeThaw) {
-                warn!(error = %e, "could not queue the thaw");
+            // The thaw first: logging may block on a stalled stderr.
+            match client.execute_urgent(&GuestFsfreezeThaw) {
+                Ok(()) => warn!("left the frozen window abnormally: a thaw was written"),
+                Err(e) => warn!(error = %e, "could not queue the thaw"),
             }
         }
     }

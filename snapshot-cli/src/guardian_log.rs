@@ -21,7 +21,10 @@ pub(crate) struct Log {
 impl Log {
     /// A log appending to `file` (if any) and sending to `/dev/log` (if present).
     pub(crate) fn open(file: Option<&Path>) -> Self {
+        // Non-blocking: a stalled syslog daemon must never hold up a rescue; a line
+        // it cannot take is dropped.
         let syslog = UnixDatagram::unbound()
+            .and_then(|s| s.set_nonblocking(true).map(|()| s))
             .and_then(|s| s.connect("/dev/log").map(|()| s))
             .ok();
         Self {

@@ -36,34 +36,18 @@ impl Settle<'_> {
     /// Applies the table in the module docs.
     pub(crate) async fn settle(mut self, mut switch: Switch) -> Result<Report> {
         self.fill_report(&switch);
-        if matches!(switch.disks, Disks::Unknown(_))
-            && let Disks::Unknown(lost) = std::mem::replace(&mut switch.disks, Disks::Unchanged)
-        {
-            match self.switched_after_all().await {
-                Ok(true) => switch.disks = Disks::SwitchedLate,
-                Ok(false) => {}
-                Err(e) => {
-                    return Err(Error::CleanupIncomplete {
-                        failure: format!(
-                            "the QMP connection failed during the transaction: {lost}"
-                        ),
-                        left: vec![format!(
-                            "cannot tell whether the disks switched ({e}); check with `qsnap info`"
-                        )],
-                    });
-                }
-            }
-            switch.problem.get_or_insert(Error::Qmp {
-                during: "the transaction (its reply was lost)",
-                source: lost,
-            });
-        }
+        let unresolved = self.resolve_unknown(&mut switch).await.err();
+        // A guest that may still be frozen outranks everything else (exit 5).
         if let Guest::MaybeFrozen(e) = switch.guest {
-            if matches!(switch.disks, Disks::Unchanged) {
+            if matches!(switch.disks, Disks::Unchanged) && unresolved.is_none() {
                 drop(self.prepared.rollback().await);
             } else {
                 self.prepared.keep();
             }
+            return Err(e);
+        }
+        if let Some(e) = unresolved {
+            self.prepared.keep();
             return Err(e);
         }
         match (&switch.disks, switch.problem) {
@@ -102,12 +86,8 @@ impl Settle<'_> {
         self.report.guardian = switch.guardian;
         if let Guest::Thawed { frozen, thaw } = &switch.guest {
             self.report.frozen_filesystems = *frozen;
-            match thaw {
-                Some(Ok(n)) => self.report.thawed_filesystems = *n,
-                Some(Err(ThawError::Failed(e))) => self.report.warnings.push(format!(
-                    "the first thaw failed ({e}); a retry thawed the guest"
-                )),
-                _ => {}
+            if let Some(Ok(n)) = thaw {
+                self.report.thawed_filesystems = *n;
             }
         }
     }
@@ -149,6 +129,34 @@ impl Settle<'_> {
         }
     }
 
+    /// A transaction whose reply was lost: `query-block` (over a new connection if
+    /// needed) says whether the disks switched. Errors when it cannot tell.
+    async fn resolve_unknown(&mut self, switch: &mut Switch) -> Result<()> {
+        if !matches!(switch.disks, Disks::Unknown(_)) {
+            return Ok(());
+        }
+        let Disks::Unknown(lost) = std::mem::replace(&mut switch.disks, Disks::Unchanged) else {
+            return Ok(());
+        };
+        match self.switched_after_all().await {
+            Ok(true) => switch.disks = Disks::SwitchedLate,
+            Ok(false) => {}
+            Err(e) => {
+                return Err(Error::CleanupIncomplete {
+                    failure: format!("the QMP connection failed during the transaction: {lost}"),
+                    left: vec![format!(
+                        "cannot tell whether the disks switched ({e}); check with `qsnap info`"
+                    )],
+                });
+            }
+        }
+        switch.problem.get_or_insert(Error::Qmp {
+            during: "the transaction (its reply was lost)",
+            source: lost,
+        });
+        Ok(())
+    }
+
     /// After a lost transaction reply: reconnects if needed and reads `query-block`.
     async fn switched_after_all(&mut self) -> qmp::Result<bool> {
         if self.prepared.qmp().closed().is_some() {
@@ -180,6 +188,14 @@ fn thaw_problem(guest: &Guest) -> Option<String> {
         } => {
             Some("the guest thawed by itself before the thaw (Windows VSS 10-second limit)".into())
         }
+        // A retry thawed the guest, but without the first thaw's count nothing shows
+        // that no filesystem thawed before the switch.
+        Guest::Thawed {
+            thaw: Some(Err(ThawError::Failed(e))),
+            ..
+        } => Some(format!(
+            "the first thaw failed ({e}), so the freeze cannot be verified to have held until the switch"
+        )),
         _ => None,
     }
 }

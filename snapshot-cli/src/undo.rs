@@ -44,7 +44,7 @@ pub(crate) async fn undo_switch(qmp: &qmp::Client, disks: &[DiskPlan]) -> Vec<St
                 "disk {} still runs on overlay {} ({}): merge it with `qsnap commit --disk {}`",
                 d.node,
                 d.overlay.display(),
-                crate::error::chain(&e),
+                e.failure(),
                 d.overlay_node
             ));
         }

@@ -210,6 +210,15 @@ pub(crate) async fn frozen_switch(
                 source: None,
             });
         }
+        Ok(n) if n < wanted_filesystems(&req.mountpoints) => {
+            problem = Some(Error::QuiesceFailed {
+                reason: format!(
+                    "the guest froze {n} of the {} filesystems asked for (is every --mountpoint a mountpoint in the guest?)",
+                    wanted_filesystems(&req.mountpoints)
+                ),
+                source: None,
+            });
+        }
         Ok(n) => {
             info!(filesystems = n, "frozen");
             if let Some(hook) = &req.while_frozen {
@@ -232,7 +241,18 @@ pub(crate) async fn frozen_switch(
     // Thaw at once, whatever happened.
     let thaw_sent = Instant::now();
     let thaw = match answered {
-        Some(_) => Some(agent.thaw().await),
+        // Bounded by the confirmation deadline too: a slow thaw hook must not run the
+        // coordinator into the guardian's kill.
+        Some(_) => Some(
+            tokio::time::timeout_at(confirm_by, agent.thaw())
+                .await
+                .unwrap_or_else(|_| {
+                    Err(ThawError::Failed(qga::Error::Timeout {
+                        command: "guest-fsfreeze-thaw".into(),
+                        after: confirm_by.saturating_duration_since(tokio::time::Instant::now()),
+                    }))
+                }),
+        ),
         None => None,
     };
     let thaw_reply = Instant::now();
@@ -248,8 +268,13 @@ pub(crate) async fn frozen_switch(
                 thaw,
             }
         }
-        // The guardian, told `frozen` and never `thawed`, takes over when we exit.
-        Err(e) => Guest::MaybeFrozen(e),
+        // The guardian, told `frozen` and never `thawed`, takes over: closing its pipe
+        // now makes it rescue (it connects once this run lets go of the agent socket)
+        // instead of killing a coordinator that may still wait for a late transaction.
+        Err(e) => {
+            drop(guardian.take());
+            Guest::MaybeFrozen(e)
+        }
     };
     let timings = WindowTimings {
         freeze_call: ms(freeze_reply - freeze_sent),
@@ -271,6 +296,12 @@ pub(crate) async fn frozen_switch(
         guardian: req.guardian.is_some(),
         timings,
     })
+}
+
+/// How many filesystems `--mountpoint` asks for (0: all, whatever their number).
+fn wanted_filesystems(mountpoints: &[String]) -> u64 {
+    let distinct: std::collections::BTreeSet<_> = mountpoints.iter().collect();
+    distinct.len() as u64
 }
 
 fn freeze_failed(e: qga::Error) -> Error {

@@ -78,7 +78,8 @@ pub struct QmpError {
 
 impl fmt::Display for QmpError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.class, escape(&self.desc))
+        // Both come from the peer (a hostile guest agent chooses its error class too).
+        write!(f, "{}: {}", escape(self.class.as_str()), escape(&self.desc))
     }
 }
 
@@ -112,6 +113,14 @@ mod tests {
         let e: QmpError = serde_json::from_str(r#"{"class":"Weird","desc":"d"}"#).unwrap();
         assert_eq!(e.class, ErrorClass::Other("Weird".into()));
         assert_eq!(e.to_string(), "Weird: d");
+    }
+
+    #[test]
+    fn a_hostile_error_class_is_escaped_too() {
+        let e: QmpError =
+            serde_json::from_str(r#"{"class":"\u001b]0;x\u0007","desc":"d"}"#).unwrap();
+        let shown = e.to_string();
+        assert!(!shown.contains('\u{1b}') && !shown.contains('\u{7}'), "{shown}");
     }
 
     #[test]

@@ -53,20 +53,41 @@ pub(crate) async fn freeze(
             agent.execute(&list).await
         }
     };
-    let n = tokio::select! {
-        r = call => r.context("guest-fsfreeze-freeze")?,
-        () = cancel.cancelled() => {
-            // The freeze may run yet (a slow hook): the thaw goes right behind it.
-            agent.execute_urgent(&GuestFsfreezeThaw)?;
-            drop(agent);
-            qsnap::thaw_guest(&qga, Duration::from_secs(30)).await?;
-            return Err(qsnap::Error::Interrupted.into());
-        }
+    let outcome = tokio::select! {
+        r = call => Some(r),
+        () = cancel.cancelled() => None,
     };
-    output::emit(g.json, &json!({"frozen_filesystems": n}), |_| {
-        format!("froze {n} filesystem(s); guest writes now block until `qsnap thaw`")
-    });
-    Ok(())
+    let failure = match outcome {
+        Some(Ok(0)) => {
+            output::emit(g.json, &json!({"frozen_filesystems": 0}), |_| {
+                "froze no filesystem (is every --mountpoint a mountpoint in the guest?): the guest is not frozen".to_owned()
+            });
+            return Ok(());
+        }
+        Some(Ok(n)) => {
+            output::emit(g.json, &json!({"frozen_filesystems": n}), |_| {
+                format!("froze {n} filesystem(s); guest writes now block until `qsnap thaw`")
+            });
+            return Ok(());
+        }
+        // Refused while frozen: someone else's freeze, which is not ours to thaw.
+        Some(Err(e)) if e.is_disabled() => {
+            return Err(anyhow::Error::from(e).context(
+                "the guest's filesystems are already frozen (by another tool?); `qsnap thaw` releases them",
+            ));
+        }
+        Some(Err(e)) => qsnap::Error::QuiesceFailed {
+            reason: "guest-fsfreeze-freeze did not succeed".into(),
+            source: Some(e),
+        },
+        None => qsnap::Error::Interrupted,
+    };
+    // The freeze may have frozen some filesystems, or may still run (a slow hook):
+    // the thaw goes right behind it, then the guest must read thawed.
+    agent.execute_urgent(&GuestFsfreezeThaw)?;
+    drop(agent);
+    qsnap::thaw_guest(&qga, Duration::from_secs(30)).await?;
+    Err(failure.into())
 }
 
 /// The VM's lock: keyed on the agent socket (and the QMP socket when given).

@@ -17,9 +17,13 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use tracing_subscriber::EnvFilter;
 
+/// After a panic, how long the runtime keeps running the cleanup that the drop guards
+/// queued (the thaw written behind a freeze, the overlay rollback).
+const PANIC_DRAIN: std::time::Duration = std::time::Duration::from_secs(3);
+
 pub(crate) fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(&cli.global);
+    let log_guard = init_logging(&cli.global);
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -33,17 +37,33 @@ pub(crate) fn main() -> ExitCode {
         }
     };
     let json = cli.global.json;
-    match runtime.block_on(run(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
+    // Run as a task, so that a panic unwinds the task, not the runtime: the thaw and
+    // the rollback its drop guards queued on other tasks still get to run.
+    let outcome = runtime.block_on(runtime.spawn(run(cli)));
+    let code = match outcome {
+        Ok(Ok(())) => 0,
+        Ok(Err(e)) => {
             let code = exit_code(&e);
+            drop(log_guard);
             output::error(json, &e, code);
-            ExitCode::from(code)
+            return ExitCode::from(code);
         }
-    }
+        Err(e) => {
+            runtime.block_on(tokio::time::sleep(PANIC_DRAIN));
+            output::stderr(&format!(
+                "qsnap: internal error ({e}); a thaw and a rollback were queued before exiting: check `qsnap fsstatus` and `qsnap info`"
+            ));
+            101
+        }
+    };
+    drop(log_guard);
+    ExitCode::from(code)
 }
 
-fn init_logging(global: &Global) {
+/// Logging goes through a lossy non-blocking writer: a stalled stderr (a paused
+/// terminal, a pipe nobody reads) must never block the runtime while the guest is
+/// frozen. Lines it cannot take are dropped.
+fn init_logging(global: &Global) -> tracing_appender::non_blocking::WorkerGuard {
     let level = match (global.quiet, global.verbose) {
         (true, _) => "error",
         (false, 0) => "warn",
@@ -51,15 +71,19 @@ fn init_logging(global: &Global) {
         (false, _) => "trace",
     };
     let filter = EnvFilter::try_from_env("QSNAP_LOG").unwrap_or_else(|_| EnvFilter::new(level));
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(true)
+        .finish(std::io::stderr());
     // A closed terminal makes every stderr write fail: tracing must not report that
     // through eprintln!, which panics.
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .log_internal_errors(false)
         .with_target(false)
         .init();
+    guard
 }
 
 /// The exit code documented in `--help` for this error.

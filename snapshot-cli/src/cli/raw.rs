@@ -17,6 +17,17 @@ fn parse_args(args: Option<&str>) -> Result<Value> {
     Ok(value)
 }
 
+/// The VM's lock, keyed on every socket given.
+fn lock(g: &Global) -> Result<qsnap::VmLock> {
+    let sockets: Vec<&std::path::Path> = g
+        .qmp
+        .iter()
+        .chain(g.qga.iter())
+        .map(|p| p.as_path())
+        .collect();
+    Ok(qsnap::VmLock::acquire_all(&sockets)?)
+}
+
 /// Connects to QMP, with the error naming the socket.
 pub(crate) async fn connect_qmp(g: &Global) -> Result<qmp::Client> {
     let path = need(&g.qmp, "--qmp")?;
@@ -32,6 +43,9 @@ pub(crate) async fn qmp(
     cancel: &CancellationToken,
 ) -> Result<()> {
     let args = parse_args(args)?;
+    // A raw command can change anything: it waits for no qsnap run, and none runs
+    // meanwhile (a guardian's rescue included).
+    let _lock = lock(g)?;
     interruptible(cancel, async {
         let client = connect_qmp(g).await?;
         let reply = client.execute_raw(command, args).await?;
@@ -48,6 +62,7 @@ pub(crate) async fn qga(
     cancel: &CancellationToken,
 ) -> Result<()> {
     let args = parse_args(args)?;
+    let _lock = lock(g)?;
     interruptible(cancel, async {
         let client = agent::connect(g).await?;
         let reply = client.execute_raw(command, args).await?;
