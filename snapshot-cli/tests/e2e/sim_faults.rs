@@ -330,3 +330,38 @@ async fn a_panic_while_frozen_still_thaws_and_rolls_back() {
     })
     .await;
 }
+
+/// `--mountpoint /data --mountpoint /dta`: qemu-ga freezes the one that exists and
+/// answers 1. Half a freeze is not a quiesced snapshot: exit 3, nothing changed.
+#[tokio::test]
+async fn freezing_fewer_filesystems_than_asked_is_a_failed_quiesce() {
+    within(30, async {
+        let (dir, vm) = sim(2).await;
+        let mut req = request(&vm, "m");
+        req.mountpoints = vec!["/data".into(), "/dta".into()];
+        let err = qsnap::snapshot(&req, &CancellationToken::new())
+            .await
+            .unwrap_err();
+        assert_eq!(err.exit_code(), 3, "{err}");
+        assert!(err.to_string().contains("froze 1 of the 2"), "{err}");
+        assert_unchanged(dir.path(), &vm, "m", 2);
+    })
+    .await;
+}
+
+/// The guest stays frozen and the transaction's reply is lost: "may still be frozen"
+/// (exit 5) is what the operator must hear, whatever else went wrong.
+#[tokio::test]
+async fn a_guest_that_may_be_frozen_outranks_a_lost_transaction_reply() {
+    within(30, async {
+        let (_dir, vm) = sim(1).await;
+        vm.agent().stick_frozen(true);
+        vm.monitor().disconnect_on("transaction", false);
+        let err = qsnap::snapshot(&request(&vm, "mf"), &CancellationToken::new())
+            .await
+            .unwrap_err();
+        assert_eq!(err.exit_code(), 5, "{err}");
+        assert!(err.to_string().contains("qsnap thaw"), "{err}");
+    })
+    .await;
+}
