@@ -1,4 +1,4 @@
-//! Project automation: `cargo xtask demo|test|bench|guest-image`.
+//! Project automation: `cargo xtask demo|test|bench|fuzz|guest-image`.
 //!
 //! Every command installs what it needs (Debian packages, the guest image) first, so a
 //! newcomer on a fresh Debian or Ubuntu machine needs nothing but Rust.
@@ -17,7 +17,9 @@ commands:
   guest-image   install the Debian packages the rig needs and build the test guest
   test          fmt check, clippy -D warnings, rustdoc -D warnings, every test (real QEMU too)
   demo          boot the demo guest and run qsnap against it
-  bench         run the benchmarks";
+  bench         run the benchmarks
+  fuzz          run the fuzzer (release build): [--for 60s] [--target codec|envelope|qga-client]
+                [--seed N [--iteration K]]; see docs/fuzzing.md";
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -27,6 +29,7 @@ fn main() -> Result<()> {
         Some("test") => pipeline::test(&root),
         Some("demo") => pipeline::demo(&root),
         Some("bench") => pipeline::bench(&root),
+        Some("fuzz") => pipeline::fuzz(&root, &args[1..]),
         Some("-h" | "--help" | "help") => {
             eprintln!("{USAGE}");
             Ok(())

@@ -1,4 +1,4 @@
-//! The `test`, `demo` and `bench` pipelines.
+//! The `test`, `demo`, `bench` and `fuzz` pipelines.
 
 use crate::guest;
 use crate::run::{have, status};
@@ -112,5 +112,24 @@ pub(crate) fn bench(root: &Path) -> Result<()> {
                 "qsnap-bench",
             ])
             .env("QSNAP_GUEST_DIR", image),
+    )
+}
+
+/// Builds the fuzzer in release mode and runs it; `args` are passed on (`--for 60s`,
+/// `--target codec`, `--seed N --iteration K` to replay). Needs no guest image.
+pub(crate) fn fuzz(root: &Path, args: &[String]) -> Result<()> {
+    status(
+        cargo(root)
+            .args([
+                "run",
+                "--release",
+                "--quiet",
+                "--package",
+                "qsnap-tests",
+                "--bin",
+                "qsnap-fuzz",
+                "--",
+            ])
+            .args(args),
     )
 }
