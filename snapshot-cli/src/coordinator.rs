@@ -9,8 +9,9 @@ use crate::freeze;
 use crate::lock::VmLock;
 use crate::overlay::Prepared;
 use crate::plan::{self, DiskPlan};
+use crate::policy::{self, Action, Setback};
 use crate::report::{Consistency, DiskReport, Report, Timings};
-use crate::request::{Quiesce, SnapshotRequest};
+use crate::request::SnapshotRequest;
 use crate::settle::{Settle, after_rollback};
 use crate::window;
 use qmp::commands::QueryBlock;
@@ -45,80 +46,34 @@ async fn interruptible<T>(cancel: &CancellationToken, fut: impl Future<Output = 
 /// the current runtime (and the guardian, if configured, covers the process dying).
 pub async fn snapshot(req: &SnapshotRequest, cancel: &CancellationToken) -> Result<Report> {
     let start = Instant::now();
-    let sockets: Vec<&std::path::Path> = std::iter::once(req.qmp.as_path())
-        .chain(req.qga.as_deref())
-        .collect();
-    let lock = VmLock::acquire_all(&sockets)?;
-    let name = req.name.clone().unwrap_or_else(plan::default_name);
-    plan::validate_name(&name)?;
-    let mut warnings = Vec::new();
-
+    let lock = lock(req)?;
     // Plan: nothing changes in the VM or on disk.
-    let qmp = interruptible(
-        cancel,
-        qmp::Client::connect(&req.qmp, qmp::Config::default()),
-    )
-    .await?
-    .map_err(Error::qmp("connecting"))?;
-    let blocks = qmp
-        .execute(&QueryBlock)
-        .await
-        .map_err(Error::qmp("query-block"))?;
-    let wanted = disks::resolve_names(&qmp, &blocks, &req.disks).await?;
-    let dir = req.overlay_dir.as_deref();
-    let disks = plan::select(&blocks, &wanted, &name, dir, &node_tag())?;
-    plan::check_paths(&disks, req.overlay_dir.is_some())?;
-    let agent = interruptible(cancel, freeze::probe(req, &mut warnings)).await??;
-    let t_plan = start.elapsed();
+    let mut plan = Plan::make(req, cancel).await?;
+    plan.times.plan = ms(start.elapsed());
 
-    // Prepare, outside the freeze.
-    let prepared = Prepared::new(qmp.clone());
-    let prep_start = Instant::now();
-    let prep = interruptible(cancel, prepared.prepare_all(&disks)).await;
+    // Prepare, outside the freeze. Each overlay is rolled back unless kept.
+    let prepared = Prepared::new(plan.qmp.clone());
+    let t = Instant::now();
+    let prep = interruptible(cancel, prepared.prepare_all(&plan.disks)).await;
     if let Err(e) = prep.and_then(|r| r) {
         return Err(after_rollback(e, prepared.rollback().await));
     }
-    let t_prepare = prep_start.elapsed();
+    plan.times.prepare = ms(t.elapsed());
     if let Some(hook) = &req.before_freeze {
-        (hook.0)(qmp.clone()).await;
+        (hook.0)(plan.qmp.clone()).await;
     }
 
-    // Switch: frozen when an agent can freeze; crash-consistent otherwise.
-    let switched = match &agent {
-        Some(agent) => window::frozen_switch(req, agent, &qmp, &disks, &lock, cancel).await,
-        None => Ok(window::plain_switch(&qmp, &disks, cancel).await),
-    };
-    let mut switch = match switched {
+    // Freeze → switch → thaw (or a plain switch), reporting what was verified.
+    let switch = match switch(req, &mut plan, &lock, cancel).await {
         Ok(s) => s,
         Err(e) => return Err(after_rollback(e, prepared.rollback().await)),
     };
-    if let Some(reason) = fallback_reason(req, &switch) {
-        warn!("{reason}; taking a crash-consistent snapshot");
-        warnings.push(format!("not quiesced: {reason}"));
-        let guardian = switch.guardian;
-        switch = window::plain_switch(&qmp, &disks, cancel).await;
-        switch.guardian = guardian;
-    }
 
-    let report = Report {
-        name,
-        consistency: Consistency::CrashConsistent,
-        frozen_filesystems: 0,
-        thawed_filesystems: 0,
-        disks: disks.iter().map(disk_report).collect(),
-        qemu_version: qmp.greeting().version.qemu.to_string(),
-        agent_version: agent.as_ref().map(|a| a.info.version.clone()),
-        guardian: false,
-        warnings,
-        timings_ms: Timings {
-            plan: ms(t_plan),
-            prepare: ms(t_prepare),
-            ..Timings::default()
-        },
-    };
+    // Settle: keep, undo or roll back, from what was checked; the report, once.
+    let report = plan.report();
     let settle = Settle {
         req,
-        disks: &disks,
+        disks: &plan.disks,
         prepared,
         report,
     };
@@ -128,13 +83,100 @@ pub async fn snapshot(req: &SnapshotRequest, cancel: &CancellationToken) -> Resu
     Ok(report)
 }
 
+/// One qsnap per VM: the lock keyed on the QMP and the agent sockets.
+fn lock(req: &SnapshotRequest) -> Result<VmLock> {
+    let sockets: Vec<&std::path::Path> = std::iter::once(req.qmp.as_path())
+        .chain(req.qga.as_deref())
+        .collect();
+    VmLock::acquire_all(&sockets)
+}
+
+/// What planning found: the connection, the disks and their overlays, the agent.
+struct Plan {
+    name: String,
+    qmp: qmp::Client,
+    disks: Vec<DiskPlan>,
+    agent: Option<freeze::Agent>,
+    warnings: Vec<String>,
+    times: Timings,
+}
+
+impl Plan {
+    /// Connects, reads `query-block`, chooses disks and overlay paths, probes the
+    /// agent under the quiesce policy. Changes nothing.
+    async fn make(req: &SnapshotRequest, cancel: &CancellationToken) -> Result<Self> {
+        let name = req.name.clone().unwrap_or_else(plan::default_name);
+        plan::validate_name(&name)?;
+        let connect = qmp::Client::connect(&req.qmp, qmp::Config::default());
+        let qmp = interruptible(cancel, connect)
+            .await?
+            .map_err(Error::qmp("connecting"))?;
+        let blocks = qmp
+            .execute(&QueryBlock)
+            .await
+            .map_err(Error::qmp("query-block"))?;
+        let wanted = disks::resolve_names(&qmp, &blocks, &req.disks).await?;
+        let dir = req.overlay_dir.as_deref();
+        let disks = plan::select(&blocks, &wanted, &name, dir, &node_tag())?;
+        plan::check_paths(&disks, dir.is_some())?;
+        let mut warnings = Vec::new();
+        let agent = interruptible(cancel, freeze::probe(req, &mut warnings)).await??;
+        Ok(Self {
+            name,
+            qmp,
+            disks,
+            agent,
+            warnings,
+            times: Timings::default(),
+        })
+    }
+
+    /// The report as planned; settling fills in what happened.
+    fn report(&self) -> Report {
+        Report {
+            name: self.name.clone(),
+            consistency: Consistency::CrashConsistent,
+            frozen_filesystems: 0,
+            thawed_filesystems: 0,
+            disks: self.disks.iter().map(disk_report).collect(),
+            qemu_version: self.qmp.greeting().version.qemu.to_string(),
+            agent_version: self.agent.as_ref().map(|a| a.info.version.clone()),
+            guardian: false,
+            warnings: self.warnings.clone(),
+            timings_ms: self.times,
+        }
+    }
+}
+
+/// The switch: frozen when an agent can freeze, crash-consistent otherwise; under
+/// `preferred` a freeze that failed before anything switched falls back to a plain one.
+async fn switch(
+    req: &SnapshotRequest,
+    plan: &mut Plan,
+    lock: &VmLock,
+    cancel: &CancellationToken,
+) -> Result<window::Switch> {
+    let Some(agent) = &plan.agent else {
+        return Ok(window::plain_switch(&plan.qmp, &plan.disks, cancel).await);
+    };
+    let switch = window::frozen_switch(req, agent, &plan.qmp, &plan.disks, lock, cancel).await?;
+    let Some(reason) = fallback_reason(req, &switch) else {
+        return Ok(switch);
+    };
+    warn!("{reason}; taking a crash-consistent snapshot");
+    plan.warnings.push(format!("not quiesced: {reason}"));
+    let mut plain = window::plain_switch(&plan.qmp, &plan.disks, cancel).await;
+    plain.guardian = switch.guardian;
+    Ok(plain)
+}
+
 /// `preferred`: a freeze that failed before anything switched, on a guest confirmed
 /// thawed, falls back to a crash-consistent snapshot. Returns why.
 fn fallback_reason(req: &SnapshotRequest, switch: &window::Switch) -> Option<String> {
     let thawed = matches!(switch.guest, window::Guest::Thawed { .. });
     match &switch.problem {
         Some(e @ Error::QuiesceFailed { .. })
-            if req.quiesce == Quiesce::Preferred
+            if policy::decide(req.quiesce, Setback::FreezeFailed) == Action::CrashConsistent
                 && thawed
                 && matches!(switch.disks, window::Disks::Unchanged) =>
         {

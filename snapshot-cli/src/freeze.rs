@@ -1,6 +1,7 @@
 //! The guest agent's side of a snapshot: probing, freezing, thawing, confirming.
 
 use crate::error::{Error, Result};
+use crate::policy::{self, Action, Setback};
 use crate::request::{Quiesce, SnapshotRequest};
 use qga::commands::{
     FsfreezeStatus, GuestAgentInfo, GuestFsfreezeFreeze, GuestFsfreezeFreezeList,
@@ -43,7 +44,10 @@ pub(crate) async fn probe(
     }
     match try_probe(req).await {
         Ok(agent) => Ok(Some(agent)),
-        Err(Error::QuiesceUnavailable { reason, source }) if req.quiesce == Quiesce::Preferred => {
+        Err(Error::QuiesceUnavailable { reason, source })
+            if policy::decide(req.quiesce, Setback::AgentUnavailable)
+                == Action::CrashConsistent =>
+        {
             let detail = source.map(|s| format!(": {s}")).unwrap_or_default();
             warn!("{reason}{detail}; taking a crash-consistent snapshot");
             warnings.push(format!("not quiesced: {reason}{detail}"));

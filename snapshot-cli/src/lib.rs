@@ -55,6 +55,7 @@ mod guardian_log;
 mod lock;
 mod overlay;
 mod plan;
+mod policy;
 mod report;
 mod request;
 mod settle;

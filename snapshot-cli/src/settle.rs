@@ -18,8 +18,9 @@ use crate::error::{Error, Result};
 use crate::freeze::ThawError;
 use crate::overlay::{Cleanup, Prepared};
 use crate::plan::DiskPlan;
+use crate::policy::{self, Action, Setback};
 use crate::report::{Consistency, Report};
-use crate::request::{Quiesce, SnapshotRequest};
+use crate::request::SnapshotRequest;
 use crate::window::{Disks, Guest, Switch};
 use qmp::commands::QueryBlock;
 use tracing::warn;
@@ -105,7 +106,8 @@ impl Settle<'_> {
     /// on interrupt), keep and say so otherwise.
     async fn late(mut self, reason: String, interrupted: bool) -> Result<Report> {
         warn!("{reason}");
-        if !interrupted && self.req.quiesce != Quiesce::Required {
+        let setback = Setback::SwitchNotVerified { interrupted };
+        if policy::decide(self.req.quiesce, setback) == Action::CrashConsistent {
             self.prepared.keep();
             self.report.consistency = Consistency::CrashConsistent;
             self.report.warnings.push(reason.clone());

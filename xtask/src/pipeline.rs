@@ -63,6 +63,20 @@ pub(crate) fn test(root: &Path) -> Result<()> {
     }
     step("doctests");
     status(cargo(root).args(["test", "--workspace", "--doc"]))?;
+    // A short fuzz run keeps the fuzzer and its oracles from rotting; `cargo xtask
+    // fuzz` runs longer (release build).
+    step("fuzz smoke (30 s: codec, envelope, qga client)");
+    status(cargo(root).args([
+        "run",
+        "--quiet",
+        "--package",
+        "qsnap-tests",
+        "--bin",
+        "qsnap-fuzz",
+        "--",
+        "--for",
+        "30s",
+    ]))?;
     eprintln!("\nxtask: all checks passed");
     Ok(())
 }
