@@ -127,7 +127,10 @@ where
             self.writer.flush().await
         };
         let written = written.await.map_err(|e| Disconnect::Io(Arc::new(e)));
-        debug!(ok = written.is_ok(), "urgent command written behind whatever is in flight");
+        debug!(
+            ok = written.is_ok(),
+            "urgent command written behind whatever is in flight"
+        );
         written
     }
 

@@ -120,7 +120,10 @@ mod tests {
         let e: QmpError =
             serde_json::from_str(r#"{"class":"\u001b]0;x\u0007","desc":"d"}"#).unwrap();
         let shown = e.to_string();
-        assert!(!shown.contains('\u{1b}') && !shown.contains('\u{7}'), "{shown}");
+        assert!(
+            !shown.contains('\u{1b}') && !shown.contains('\u{7}'),
+            "{shown}"
+        );
     }
 
     #[test]
