@@ -375,3 +375,42 @@ async fn commit_refuses_an_overlay_qsnap_did_not_make() {
     })
     .await;
 }
+
+/// The cleanup after a late switch (here: the merge-back after a transaction held
+/// back 9 s, with a 2 s deadline) runs past deadline + the guardian's 5 s grace. The
+/// guest was confirmed thawed long before, so the guardian must not kill the
+/// coordinator (old main: exit 137, no report, overlays left).
+#[tokio::test]
+async fn a_long_cleanup_after_the_thaw_is_not_killed_by_the_guardian() {
+    within(180, async {
+        let vm = booted(QemuVm::builder().disks(2)).await;
+        let proxy_path = vm.dir().join("slow-qmp.sock");
+        let _proxy = DelayProxy::start(
+            &proxy_path,
+            &vm.qmp_path(),
+            "transaction",
+            Duration::from_secs(9),
+        );
+        let proxy = proxy_path.display().to_string();
+        let args = [
+            "--qmp",
+            &proxy,
+            "snapshot",
+            "--name",
+            "long",
+            "--freeze-timeout",
+            "2s",
+        ];
+        let start = Instant::now();
+        let (code, _, err) = run(&vm, &args).await;
+        assert!(
+            start.elapsed() > Duration::from_secs(8),
+            "{:?}",
+            start.elapsed()
+        );
+        assert_eq!(code, 3, "{err}");
+        assert_eq!(active_nodes(&vm).await, ["disk0", "disk1"]);
+        assert_nothing_left(&vm, "long").await;
+    })
+    .await;
+}

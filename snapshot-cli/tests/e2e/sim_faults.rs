@@ -365,3 +365,75 @@ async fn a_guest_that_may_be_frozen_outranks_a_lost_transaction_reply() {
     })
     .await;
 }
+
+/// Frozen until the deadline (the testing hold ends exactly there): the transaction
+/// must not be sent after it (old main polled the call first and sent it late).
+#[tokio::test]
+async fn the_transaction_is_never_sent_after_the_deadline() {
+    within(30, async {
+        let (dir, vm) = sim(1).await;
+        let mut req = request(&vm, "t");
+        req.hold_frozen = Duration::from_secs(5);
+        let err = qsnap::snapshot(&req, &CancellationToken::new())
+            .await
+            .unwrap_err();
+        assert_eq!(err.exit_code(), 3, "{err}");
+        assert!(
+            !vm.monitor().log().iter().any(|c| c == "transaction"),
+            "{:?}",
+            vm.monitor().log()
+        );
+        assert_unchanged(dir.path(), &vm, "t", 1);
+    })
+    .await;
+}
+
+/// After an exit 5 the guardian keeps confirming — and holds the VM's lock while it
+/// does, so an operator's `qsnap freeze` cannot start (and be thawed by it). Once the
+/// guest thaws, the guardian confirms, exits, and the lock is free.
+#[tokio::test]
+async fn the_guardian_holds_the_vm_until_it_has_seen_the_guest_thawed() {
+    within(60, async {
+        let (_dir, vm) = sim(1).await;
+        vm.agent().stick_frozen(true);
+        vm.monitor()
+            .fail_next("transaction", "GenericError", "refused for the test");
+        let req = request(&vm, "g").guardian(env!("CARGO_BIN_EXE_qsnap"));
+        let err = qsnap::snapshot(&req, &CancellationToken::new())
+            .await
+            .unwrap_err();
+        assert_eq!(err.exit_code(), 5, "{err}");
+        let sockets = [vm.qmp_path(), vm.qga_path()];
+        let sockets: Vec<&Path> = sockets.iter().map(|p| p.as_path()).collect();
+        assert!(
+            matches!(
+                qsnap::VmLock::acquire_all(&sockets),
+                Err(Error::Busy { .. })
+            ),
+            "the guardian must hold the lock"
+        );
+        let freeze = tokio::process::Command::new(env!("CARGO_BIN_EXE_qsnap"))
+            .arg("--qmp")
+            .arg(vm.qmp_path())
+            .arg("--qga")
+            .arg(vm.qga_path())
+            .arg("freeze")
+            .output()
+            .await
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&freeze.stderr);
+        assert_eq!(freeze.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains("another qsnap"), "{stderr}");
+        vm.agent().stick_frozen(false);
+        let start = Instant::now();
+        while qsnap::VmLock::acquire_all(&sockets).is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "the guardian never let go"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(vm.agent().status(), SimFsStatus::Thawed);
+    })
+    .await;
+}
