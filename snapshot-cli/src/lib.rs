@@ -50,6 +50,7 @@ mod coordinator;
 mod disks;
 mod error;
 mod freeze;
+mod frozen;
 pub mod guardian;
 mod guardian_log;
 mod lock;

@@ -14,8 +14,9 @@
 //! * the guest is "thawed" only once `guest-fsfreeze-status` said so.
 
 use crate::error::Error;
-use crate::freeze::{Agent, FreezeGuard, ThawError};
-use crate::guardian::{GRACE, Guardian};
+use crate::freeze::Agent;
+use crate::frozen::Frozen;
+pub(crate) use crate::frozen::Guest;
 use crate::lock::VmLock;
 use crate::plan::DiskPlan;
 use crate::request::SnapshotRequest;
@@ -27,9 +28,6 @@ use tracing::{info, warn};
 /// How long a transaction may take in all: past the freeze deadline it is still
 /// awaited this long to learn whether the disks switched.
 pub(crate) const LATE_TRANSACTION_WAIT: Duration = Duration::from_secs(60);
-/// The coordinator's own confirmation of the thaw ends this long before the guardian
-/// would kill it, so it always gets to report.
-const CONFIRM_MARGIN: Duration = Duration::from_millis(1500);
 
 /// What happened to the disks.
 #[derive(Debug)]
@@ -48,23 +46,6 @@ pub(crate) enum Disks {
     /// The reply never came (QMP gone, or no reply within [`LATE_TRANSACTION_WAIT`]):
     /// only `query-block` can tell.
     Unknown(qmp::Error),
-}
-
-/// What happened to the guest.
-#[derive(Debug)]
-pub(crate) enum Guest {
-    /// Never frozen by this run (no agent, or quiesce off).
-    NotFrozen,
-    /// Confirmed thawed by `guest-fsfreeze-status`. `thaw` is the first thaw's result
-    /// (`None` when it was written behind an unanswered freeze and its count is unknown).
-    Thawed {
-        /// What the freeze reported (0 when it did not answer).
-        frozen: u64,
-        /// The first thaw's count, or why there is none.
-        thaw: Option<Result<u64, ThawError>>,
-    },
-    /// Not confirmed: the guest may still be frozen.
-    MaybeFrozen(Error),
 }
 
 /// The result of the frozen (or plain) switch, before anything is kept or undone.
@@ -165,122 +146,43 @@ pub(crate) async fn frozen_switch(
     lock: &VmLock,
     cancel: &CancellationToken,
 ) -> Result<Switch, Error> {
-    let budget = agent.budget(req.freeze_timeout);
-    let mut guardian = match &req.guardian {
-        Some(exe) => Some(Guardian::arm(exe, &agent.path, budget, lock).await?),
-        None => None,
-    };
-    if let Some(g) = guardian.as_mut() {
-        g.frozen().await?;
-    }
-    let tx = transaction(disks);
     // Built before the freeze; polled only once frozen and in time. Once polled it is
     // never dropped early: QEMU may still complete it, and we must learn whether it did.
+    let tx = transaction(disks);
     let call = qmp.execute_with_timeout(&tx, LATE_TRANSACTION_WAIT);
     tokio::pin!(call);
-    let mut guard = FreezeGuard::arm(&agent.client);
 
-    let freeze_sent = Instant::now();
-    let deadline = tokio::time::Instant::now() + budget;
-    let confirm_by = deadline + GRACE - CONFIRM_MARGIN;
-    let frozen = tokio::select! {
-        biased;
-        () = cancel.cancelled() => Err(Error::Interrupted),
-        r = tokio::time::timeout_at(deadline, agent.freeze(&req.mountpoints, budget)) => {
-            r.unwrap_or_else(|_| Err(qga::Error::Timeout {
-                command: "guest-fsfreeze-freeze".into(),
-                after: budget,
-            })).map_err(freeze_failed)
-        }
-    };
-    let freeze_reply = Instant::now();
-    let answered = frozen.as_ref().ok().copied();
-    if answered.is_none() {
-        // Unanswered (deadline, interrupt) or failed part-way: the agent may freeze
-        // later or be frozen already. The thaw goes out now, behind the freeze.
-        agent.thaw_behind();
-    }
+    let (frozen, freeze) = Frozen::freeze(req, agent, lock, cancel).await?;
     let mut problem = None;
     let mut sent = false;
     let mut disks_outcome = Disks::Unchanged;
-    match frozen {
-        Ok(0) => {
-            problem = Some(Error::QuiesceFailed {
-                reason: "the guest froze no filesystem (check --mountpoint)".into(),
-                source: None,
-            });
-        }
-        Ok(n) if n < wanted_filesystems(&req.mountpoints) => {
-            problem = Some(Error::QuiesceFailed {
-                reason: format!(
-                    "the guest froze {n} of the {} filesystems asked for (is every --mountpoint a mountpoint in the guest?)",
-                    wanted_filesystems(&req.mountpoints)
-                ),
-                source: None,
-            });
-        }
+    match freeze.and_then(|n| enough(req, n)) {
         Ok(n) => {
             info!(filesystems = n, "frozen");
             if let Some(hook) = &req.while_frozen {
                 (hook.0)(qmp.clone()).await;
             }
-            match switch_in_time(req, call.as_mut(), deadline, cancel).await {
+            match switch_in_time(req, call.as_mut(), frozen.deadline, cancel).await {
                 Ok(took) => disks_outcome = Disks::SwitchedInTime { took },
-                Err(SwitchFail::Refused(e)) => problem = Some(e),
+                Err(SwitchFail::Refused(e) | SwitchFail::NotSent(e)) => problem = Some(e),
                 Err(SwitchFail::Lost(e)) => disks_outcome = Disks::Unknown(e),
                 Err(SwitchFail::Abandoned(e)) => {
                     sent = true;
                     problem = Some(e);
                 }
-                Err(SwitchFail::NotSent(e)) => problem = Some(e),
             }
         }
         Err(e) => problem = Some(e),
     }
 
     // Thaw at once, whatever happened.
-    let thaw_sent = Instant::now();
-    let thaw = match answered {
-        // Bounded by the confirmation deadline too: a slow thaw hook must not run the
-        // coordinator into the guardian's kill.
-        Some(_) => Some(
-            tokio::time::timeout_at(confirm_by, agent.thaw())
-                .await
-                .unwrap_or_else(|_| {
-                    Err(ThawError::Failed(qga::Error::Timeout {
-                        command: "guest-fsfreeze-thaw".into(),
-                        after: confirm_by.saturating_duration_since(tokio::time::Instant::now()),
-                    }))
-                }),
-        ),
-        None => None,
-    };
-    let thaw_reply = Instant::now();
-    let confirmed = agent.confirm_thawed(confirm_by).await;
-    let guest = match confirmed {
-        Ok(()) => {
-            guard.disarm();
-            if let Some(g) = guardian.take() {
-                g.disarm().await;
-            }
-            Guest::Thawed {
-                frozen: answered.unwrap_or(0),
-                thaw,
-            }
-        }
-        // The guardian, told `frozen` and never `thawed`, takes over: closing its pipe
-        // now makes it rescue (it connects once this run lets go of the agent socket)
-        // instead of killing a coordinator that may still wait for a late transaction.
-        Err(e) => {
-            drop(guardian.take());
-            Guest::MaybeFrozen(e)
-        }
-    };
+    let (freeze_sent, freeze_reply) = (frozen.sent(), frozen.replied);
+    let thawed = frozen.thaw().await;
     let timings = WindowTimings {
         freeze_call: ms(freeze_reply - freeze_sent),
-        thaw_call: ms(thaw_reply - thaw_sent),
-        frozen_window: ms(thaw_reply - freeze_sent),
-        in_freeze_overhead: ms(thaw_sent - freeze_reply),
+        thaw_call: ms(thawed.thaw_reply - thawed.thaw_sent),
+        frozen_window: ms(thawed.thaw_reply - freeze_sent),
+        in_freeze_overhead: ms(thawed.thaw_sent - freeze_reply),
     };
 
     // A transaction abandoned in flight: the guest is thawed (or given up on); now
@@ -291,10 +193,27 @@ pub(crate) async fn frozen_switch(
     }
     Ok(Switch {
         disks: disks_outcome,
-        guest,
+        guest: thawed.guest,
         problem,
         guardian: req.guardian.is_some(),
         timings,
+    })
+}
+
+/// A freeze that froze nothing, or fewer filesystems than `--mountpoint` names, is a
+/// failed quiesce.
+fn enough(req: &SnapshotRequest, n: u64) -> Result<u64, Error> {
+    let wanted = wanted_filesystems(&req.mountpoints);
+    let reason = match n {
+        0 => "the guest froze no filesystem (check --mountpoint)".to_owned(),
+        n if n < wanted => format!(
+            "the guest froze {n} of the {wanted} filesystems asked for (is every --mountpoint a mountpoint in the guest?)"
+        ),
+        n => return Ok(n),
+    };
+    Err(Error::QuiesceFailed {
+        reason,
+        source: None,
     })
 }
 
@@ -302,18 +221,6 @@ pub(crate) async fn frozen_switch(
 fn wanted_filesystems(mountpoints: &[String]) -> u64 {
     let distinct: std::collections::BTreeSet<_> = mountpoints.iter().collect();
     distinct.len() as u64
-}
-
-fn freeze_failed(e: qga::Error) -> Error {
-    let reason = if e.is_timeout() {
-        "guest-fsfreeze-freeze did not answer before the freeze deadline (a slow fsfreeze hook?)"
-    } else {
-        "guest-fsfreeze-freeze failed"
-    };
-    Error::QuiesceFailed {
-        reason: reason.into(),
-        source: Some(e),
-    }
 }
 
 /// Why the transaction did not switch the disks in time.
