@@ -33,14 +33,7 @@ impl Client {
     /// the agent does not answer (not running, VM paused, socket held by another
     /// client); [`Error::Disconnected`].
     pub async fn connect(path: impl AsRef<Path>, config: Config) -> Result<Self> {
-        let path = path.as_ref();
-        let stream = qmp::socket::connect_unix(path, config.connect_timeout)
-            .await
-            .map_err(|source| Error::Connect {
-                path: path.to_owned(),
-                source,
-            })?;
-        let (read, write) = stream.into_split();
+        let (read, write) = open(path.as_ref(), &config).await?;
         Self::start(read, write, config).await
     }
 
@@ -53,14 +46,7 @@ impl Client {
     /// # Errors
     /// [`Error::Connect`] when the socket cannot be opened.
     pub async fn connect_unsynced(path: impl AsRef<Path>, config: Config) -> Result<Self> {
-        let path = path.as_ref();
-        let stream = qmp::socket::connect_unix(path, config.connect_timeout)
-            .await
-            .map_err(|source| Error::Connect {
-                path: path.to_owned(),
-                source,
-            })?;
-        let (read, write) = stream.into_split();
+        let (read, write) = open(path.as_ref(), &config).await?;
         Ok(Self::spawn(read, write, config))
     }
 
@@ -237,6 +223,23 @@ impl Client {
         self.tx.send(request).await.map_err(|_| gone())?;
         rx.await.map_err(|_| gone())?
     }
+}
+
+/// Opens the agent socket under the connect deadline.
+async fn open(
+    path: &Path,
+    config: &Config,
+) -> Result<(
+    tokio::net::unix::OwnedReadHalf,
+    tokio::net::unix::OwnedWriteHalf,
+)> {
+    let stream = qmp::socket::connect_unix(path, config.connect_timeout)
+        .await
+        .map_err(|source| Error::Connect {
+            path: path.to_owned(),
+            source,
+        })?;
+    Ok(stream.into_split())
 }
 
 fn execute_op(name: &str, args: &impl Serialize) -> Result<Op> {

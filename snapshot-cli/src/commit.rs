@@ -42,6 +42,21 @@ pub struct CommitRequest {
     pub keep_overlay: bool,
 }
 
+impl CommitRequest {
+    /// Commits `disk`'s active overlay into the image it was made over (qsnap's
+    /// overlays only), removing the merged overlay's file.
+    pub fn new(qmp: impl Into<PathBuf>, disk: impl Into<String>) -> Self {
+        Self {
+            qmp: qmp.into(),
+            disk: disk.into(),
+            top: None,
+            base: None,
+            any_overlay: false,
+            keep_overlay: false,
+        }
+    }
+}
+
 /// Job progress, in QEMU's units (bytes for commit).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Progress {

@@ -66,17 +66,7 @@ pub(crate) fn test(root: &Path) -> Result<()> {
     // A short fuzz run keeps the fuzzer and its oracles from rotting; `cargo xtask
     // fuzz` runs longer (release build).
     step("fuzz smoke (30 s: codec, envelope, qga client)");
-    status(cargo(root).args([
-        "run",
-        "--quiet",
-        "--package",
-        "qsnap-tests",
-        "--bin",
-        "qsnap-fuzz",
-        "--",
-        "--for",
-        "30s",
-    ]))?;
+    status(fuzzer(root, false).args(["--for", "30s"]))?;
     eprintln!("\nxtask: all checks passed");
     Ok(())
 }
@@ -132,18 +122,23 @@ pub(crate) fn bench(root: &Path) -> Result<()> {
 /// Builds the fuzzer in release mode and runs it; `args` are passed on (`--for 60s`,
 /// `--target codec`, `--seed N --iteration K` to replay). Needs no guest image.
 pub(crate) fn fuzz(root: &Path, args: &[String]) -> Result<()> {
-    status(
-        cargo(root)
-            .args([
-                "run",
-                "--release",
-                "--quiet",
-                "--package",
-                "qsnap-tests",
-                "--bin",
-                "qsnap-fuzz",
-                "--",
-            ])
-            .args(args),
-    )
+    status(fuzzer(root, true).args(args))
+}
+
+/// `cargo run` of the fuzzer (release or debug build), ready for its arguments.
+fn fuzzer(root: &Path, release: bool) -> Command {
+    let mut cmd = cargo(root);
+    cmd.arg("run");
+    if release {
+        cmd.arg("--release");
+    }
+    cmd.args([
+        "--quiet",
+        "--package",
+        "qsnap-tests",
+        "--bin",
+        "qsnap-fuzz",
+        "--",
+    ]);
+    cmd
 }

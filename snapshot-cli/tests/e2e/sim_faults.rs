@@ -251,14 +251,7 @@ async fn ctrl_c_after_job_complete_lets_the_commit_finish_and_releases_nodes() {
                 cancel.cancel();
             })
         };
-        let req = CommitRequest {
-            qmp: vm.qmp_path(),
-            disk: "vblk0".into(),
-            top: None,
-            base: None,
-            any_overlay: false,
-            keep_overlay: false,
-        };
+        let req = CommitRequest::new(vm.qmp_path(), "vblk0");
         let report = qsnap::commit(&req, |_| {}, &cancel).await.unwrap();
         watch.await.unwrap();
         assert_eq!(report.base, "disk0");
@@ -284,14 +277,7 @@ async fn a_failed_query_jobs_does_not_abandon_a_ready_commit() {
             .unwrap();
         vm.monitor()
             .fail_next("query-jobs", "GenericError", "transient");
-        let req = CommitRequest {
-            qmp: vm.qmp_path(),
-            disk: "vblk0".into(),
-            top: None,
-            base: None,
-            any_overlay: false,
-            keep_overlay: false,
-        };
+        let req = CommitRequest::new(vm.qmp_path(), "vblk0");
         qsnap::commit(&req, |_| {}, &CancellationToken::new())
             .await
             .unwrap();

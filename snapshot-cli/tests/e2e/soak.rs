@@ -105,14 +105,7 @@ async fn two_hundred_snapshot_and_commit_cycles_leak_nothing_and_lose_nothing() 
                 "cycle {i}"
             );
             for disk in ["vblk0", "vblk1"] {
-                let req = CommitRequest {
-                    qmp: vm.qmp_path(),
-                    disk: disk.into(),
-                    top: None,
-                    base: None,
-                    any_overlay: false,
-                    keep_overlay: false,
-                };
+                let req = CommitRequest::new(vm.qmp_path(), disk);
                 qsnap::commit(&req, |_| {}, &CancellationToken::new())
                     .await
                     .unwrap();
