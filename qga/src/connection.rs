@@ -242,9 +242,14 @@ where
 
     async fn execute(&mut self, name: &str, message: Bytes) -> Result<Value> {
         self.write(vec![Outgoing::Message(message)]).await?;
+        let mut after_sentinel = false;
         loop {
             let frame = self.next_frame().await;
             let line = match frame {
+                Some(Ok(Frame::Line(_))) if after_sentinel => {
+                    after_sentinel = false;
+                    continue;
+                }
                 Some(Ok(Frame::Line(line))) => line,
                 Some(Ok(Frame::TooLong { limit })) => {
                     self.needs_sync = true;
@@ -254,8 +259,10 @@ where
                     });
                 }
                 Some(Ok(Frame::Sentinel { .. })) => {
-                    // Only a sync reply follows a sentinel: not ours.
+                    // Only a sync reply follows a sentinel: not ours, and neither is
+                    // the line after it.
                     self.needs_sync = true;
+                    after_sentinel = true;
                     continue;
                 }
                 other => return Err(Error::Disconnected(frame_error(other))),

@@ -67,15 +67,19 @@ pub enum Error {
     },
     /// The thaw could not be confirmed: the guest may still be frozen.
     #[error(
-        "could not confirm the guest is thawed: it may still be frozen; run `qsnap thaw --qga {}` (and check `qsnap fsstatus`)",
-        qga.display()
+        "could not confirm the guest is thawed: it may still be frozen; qsnap's guardian (if armed) keeps trying — to thaw now run `qsnap thaw --force --qga {}` (and check `qsnap fsstatus`){}",
+        qga.display(),
+        left_text(left)
     )]
     ThawUnconfirmed {
         /// The agent socket, for the recovery command.
         qga: PathBuf,
         /// The agent error.
         #[source]
-        source: Option<qga::Error>,
+        source: Option<Box<qga::Error>>,
+        /// What this run left on the VM (disks on unverified overlays, leftovers of
+        /// the rollback), each with what to do; empty when nothing.
+        left: Vec<String>,
     },
     /// The disks were switched, but not verifiably while frozen (the transaction
     /// answered after the freeze deadline, or the guest thawed early), and the quiesce
@@ -206,6 +210,14 @@ impl Error {
             during,
             source: Box::new(e),
         }
+    }
+}
+
+fn left_text(left: &[String]) -> String {
+    if left.is_empty() {
+        String::new()
+    } else {
+        format!("; also left behind: {}", left.join("; "))
     }
 }
 

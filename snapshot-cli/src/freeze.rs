@@ -164,7 +164,8 @@ impl Agent {
             .map(drop)
             .map_err(|source| Error::ThawUnconfirmed {
                 qga: self.path.clone(),
-                source,
+                source: source.map(Box::new),
+                left: Vec::new(),
             })
     }
 }
@@ -227,9 +228,10 @@ async fn confirm_thawed(
 /// read `thawed` in time.
 pub async fn thaw_guest(path: &Path, within: Duration) -> Result<Option<u64>> {
     let until = Instant::now() + within;
-    let unconfirmed = |source| Error::ThawUnconfirmed {
+    let unconfirmed = |source: Option<qga::Error>| Error::ThawUnconfirmed {
         qga: path.to_owned(),
-        source,
+        source: source.map(Box::new),
+        left: Vec::new(),
     };
     let config = qga::Config::default().sync_timeout(within.min(RESCUE_SYNC));
     let client = qga::Client::connect_unsynced(path, config)

@@ -40,12 +40,7 @@ impl Settle<'_> {
         let unresolved = self.resolve_unknown(&mut switch).await.err();
         // A guest that may still be frozen outranks everything else (exit 5).
         if let Guest::MaybeFrozen(e) = switch.guest {
-            if matches!(switch.disks, Disks::Unchanged) && unresolved.is_none() {
-                drop(self.prepared.rollback().await);
-            } else {
-                self.prepared.keep();
-            }
-            return Err(e);
+            return Err(self.maybe_frozen(e, &switch.disks, unresolved).await);
         }
         if let Some(e) = unresolved {
             self.prepared.keep();
@@ -72,6 +67,40 @@ impl Settle<'_> {
                 );
                 self.late(reason, false).await
             }
+        }
+    }
+
+    /// The guest may still be frozen: that is the error (exit 5), and it lists what
+    /// this run leaves. A switch is never kept silently: under `required` it is merged
+    /// back (QMP alone can do that), otherwise it is named with how to merge it.
+    async fn maybe_frozen(self, e: Error, disks: &Disks, unresolved: Option<Error>) -> Error {
+        let mut left: Vec<String> = unresolved.map(|u| u.failure()).into_iter().collect();
+        let switched = !matches!(disks, Disks::Unchanged);
+        let undo = policy::decide(
+            self.req.quiesce,
+            Setback::SwitchNotVerified { interrupted: false },
+        ) == Action::Undo;
+        if switched && !undo {
+            left.extend(self.disks.iter().map(|d| {
+                format!(
+                    "disk {} may run on overlay {} (not verified consistent; `qsnap commit --disk {}` merges it back)",
+                    d.node,
+                    d.overlay.display(),
+                    d.overlay_node
+                )
+            }));
+            self.prepared.keep();
+        } else {
+            if switched {
+                left.extend(crate::undo::undo_switch(self.prepared.qmp(), self.disks).await);
+            }
+            left.extend(self.prepared.rollback().await.left);
+        }
+        match e {
+            Error::ThawUnconfirmed { qga, source, .. } => {
+                Error::ThawUnconfirmed { qga, source, left }
+            }
+            other => other,
         }
     }
 

@@ -82,11 +82,20 @@ pub(crate) async fn freeze(
         },
         None => qsnap::Error::Interrupted,
     };
-    // The freeze may have frozen some filesystems, or may still run (a slow hook):
-    // the thaw goes right behind it, then the guest must read thawed.
+    thaw_behind(agent, &qga, failure).await
+}
+
+/// After a freeze that failed, timed out or was interrupted: it may have frozen some
+/// filesystems, or may still run (a slow hook). The thaw goes right behind it, then
+/// the guest must read thawed before `failure` (which says so) is reported.
+pub(crate) async fn thaw_behind(
+    agent: qga::Client,
+    qga: &std::path::Path,
+    failure: qsnap::Error,
+) -> Result<()> {
     agent.execute_urgent(&GuestFsfreezeThaw)?;
     drop(agent);
-    qsnap::thaw_guest(&qga, Duration::from_secs(30)).await?;
+    qsnap::thaw_guest(qga, Duration::from_secs(30)).await?;
     Err(failure.into())
 }
 

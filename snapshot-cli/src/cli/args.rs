@@ -11,11 +11,13 @@ Exit codes:
   1    other error
   2    usage error
   3    quiesce required but unavailable or failed (guest thawed, nothing changed)
-  4    snapshot failed (guest thawed, nothing changed)
-  5    thaw could not be confirmed (the guest may still be frozen: run `qsnap thaw`)
+  4    snapshot failed (guest thawed, nothing changed); commit failed (the disk stays
+       on its overlay; the base may already hold part of the overlay's data)
+  5    thaw could not be confirmed (the guest may still be frozen: `qsnap thaw --force`)
   6    snapshot taken and kept, but only crash-consistent (--quiesce preferred/off)
   7    failed, and the cleanup left something behind (listed, with what to do)
-  130  interrupted (guest thawed, nothing changed)
+  130  interrupted (snapshot, freeze: guest thawed, nothing changed; commit: job
+       cancelled, the disk stays on its overlay)
 Every claim in parentheses is checked just before qsnap exits.";
 
 /// Filesystem-consistent live disk snapshots of VMs run by bare QEMU (QMP + guest agent).

@@ -47,6 +47,14 @@ pub(crate) fn error(json: bool, e: &anyhow::Error, code: u8) {
     stderr(&format!("qsnap: error: {e:#}"));
     if json {
         let chain: Vec<String> = e.chain().map(ToString::to_string).collect();
-        line(&json!({"error": format!("{e:#}"), "causes": chain, "exit_code": code}).to_string());
+        // Exit 6 kept a snapshot: its report goes along, so scripts find the overlays.
+        let report = match e.downcast_ref::<qsnap::Error>() {
+            Some(qsnap::Error::NotConsistent { report, .. }) => json!(report),
+            _ => serde_json::Value::Null,
+        };
+        line(
+            &json!({"error": format!("{e:#}"), "causes": chain, "exit_code": code, "report": report})
+                .to_string(),
+        );
     }
 }

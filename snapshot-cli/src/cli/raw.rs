@@ -63,13 +63,30 @@ pub(crate) async fn qga(
 ) -> Result<()> {
     let args = parse_args(args)?;
     let _lock = lock(g)?;
-    interruptible(cancel, async {
-        let client = agent::connect(g).await?;
-        let reply = client.execute_raw(command, args).await?;
-        output::emit(true, &reply, |_| String::new());
-        Ok(())
-    })
-    .await
+    let client = interruptible(cancel, agent::connect(g)).await?;
+    let reply = tokio::select! {
+        r = client.execute_raw(command, args) => Some(r),
+        () = cancel.cancelled() => None,
+    };
+    let failure = match reply {
+        Some(Ok(reply)) => {
+            output::emit(true, &reply, |_| String::new());
+            return Ok(());
+        }
+        // A raw freeze that failed or was interrupted must not leave the guest frozen
+        // (a refusal while frozen is someone else's freeze: left alone).
+        Some(Err(e)) if command.starts_with("guest-fsfreeze-freeze") && !e.is_disabled() => {
+            qsnap::Error::QuiesceFailed {
+                reason: format!("{command} did not succeed"),
+                source: Some(e),
+            }
+        }
+        Some(Err(e)) => return Err(e.into()),
+        None if command.starts_with("guest-fsfreeze-freeze") => qsnap::Error::Interrupted,
+        None => return Err(super::Interrupted.into()),
+    };
+    let qga = need(&g.qga, "--qga")?;
+    agent::thaw_behind(client, &qga, failure).await
 }
 
 /// Prints events until Ctrl-C (exit 0) or until QEMU closes the connection.

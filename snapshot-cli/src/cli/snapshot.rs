@@ -20,7 +20,18 @@ pub(crate) async fn run(g: &Global, args: SnapshotArgs, cancel: &CancellationTok
     if !args.no_guardian {
         request.guardian = std::env::current_exe().ok();
     }
-    let report = qsnap::snapshot(&request, cancel).await?;
+    let report = match qsnap::snapshot(&request, cancel).await {
+        Ok(report) => report,
+        // Taken and kept, but only crash-consistent (exit 6): the report still says
+        // where the overlays are, for whoever must back them up or merge them.
+        Err(qsnap::Error::NotConsistent { reason, report }) => {
+            if !g.json {
+                output::emit(false, report.as_ref(), human);
+            }
+            return Err(qsnap::Error::NotConsistent { reason, report }.into());
+        }
+        Err(e) => return Err(e.into()),
+    };
     output::emit(g.json, &report, human);
     Ok(())
 }

@@ -118,6 +118,12 @@ async fn signal_while_frozen_thaws_rolls_back_and_exits_130(signal: rustix::proc
     let log = rest(stderr).await;
     assert_eq!(status.code(), Some(130), "{log}");
     assert!(log.contains("interrupted"), "{log}");
+    // The guardian holds the VM lock until it exits: only then is its log final.
+    let sockets = [vm.qmp_path(), vm.qga_path()];
+    let sockets: Vec<&std::path::Path> = sockets.iter().map(|p| p.as_path()).collect();
+    while qsnap::VmLock::acquire_all(&sockets).is_err() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let guardian = std::fs::read_to_string(guardian_log(&vm)).unwrap_or_default();
     assert!(
         !guardian.contains("thawing"),

@@ -348,6 +348,60 @@ async fn a_guest_that_may_be_frozen_outranks_a_lost_transaction_reply() {
             .unwrap_err();
         assert_eq!(err.exit_code(), 5, "{err}");
         assert!(err.to_string().contains("qsnap thaw"), "{err}");
+        // And the switch QEMU made is not kept silently: under `required` it was merged
+        // back over a new connection, and nothing of the run is left.
+        assert_eq!(vm.monitor().chain("vblk0"), ["disk0"]);
+        assert_eq!(qsnap_nodes(&vm), Vec::<String>::new());
+        assert_eq!(overlays(_dir.path(), "mf"), Vec::<String>::new());
+        assert!(!err.to_string().contains("left behind"), "{err}");
+    })
+    .await;
+}
+
+/// The same under `preferred`: the switch is kept, and exit 5 names the overlay and
+/// how to merge it back (it is not verified consistent).
+#[tokio::test]
+async fn exit_5_names_a_switch_it_keeps() {
+    within(30, async {
+        let (_dir, vm) = sim(1).await;
+        vm.agent().stick_frozen(true);
+        vm.monitor().disconnect_on("transaction", false);
+        let req = request(&vm, "mk").quiesce(Quiesce::Preferred);
+        let err = qsnap::snapshot(&req, &CancellationToken::new())
+            .await
+            .unwrap_err();
+        assert_eq!(err.exit_code(), 5, "{err}");
+        let text = err.to_string();
+        assert!(
+            text.contains("may run on overlay") && text.contains("qsnap commit"),
+            "{text}"
+        );
+        assert!(vm.monitor().root("vblk0").unwrap().starts_with("qsnap-"));
+    })
+    .await;
+}
+
+/// `--base` deeper than the image the overlay was made over is refused without
+/// `--any-overlay`: it would write into an image qsnap never touched.
+#[tokio::test]
+async fn commit_into_a_base_below_the_overlays_own_is_refused() {
+    within(30, async {
+        let (_dir, vm) = sim(1).await;
+        for name in ["a", "b"] {
+            qsnap::snapshot(&request(&vm, name), &CancellationToken::new())
+                .await
+                .unwrap();
+        }
+        let chain = vm.monitor().chain("vblk0");
+        assert_eq!(chain.len(), 3, "{chain:?}");
+        let mut req = CommitRequest::new(vm.qmp_path(), "vblk0");
+        req.base = Some("disk0".into());
+        let err = qsnap::commit(&req, |_| {}, &CancellationToken::new())
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("--any-overlay"), "{err}");
+        assert_eq!(vm.monitor().chain("vblk0"), chain, "nothing merged");
+        assert!(!vm.monitor().log().iter().any(|c| c == "block-commit"));
     })
     .await;
 }
