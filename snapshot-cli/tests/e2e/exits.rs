@@ -170,7 +170,7 @@ async fn unconfirmed_thaw_exits_5_and_says_how_to_recover() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(5), "{err}");
         assert!(
-            err.contains("may still be frozen") && err.contains("qsnap thaw --qga"),
+            err.contains("may still be frozen") && err.contains("qsnap thaw --force --qga"),
             "{err}"
         );
     })
