@@ -318,7 +318,9 @@ impl Drop for FreezeGuard {
         if let Some(client) = self.client.take() {
             // The thaw first: logging may block on a stalled stderr.
             match client.execute_urgent(&GuestFsfreezeThaw) {
-                Ok(()) => warn!("left the frozen window abnormally: a thaw was written"),
+                Ok(()) => warn!(
+                    "left the frozen window abnormally: a thaw was queued to be written at once"
+                ),
                 Err(e) => warn!(error = %e, "could not queue the thaw"),
             }
         }

@@ -114,6 +114,9 @@ impl<'a> Frozen<'a> {
     /// stand down. Not confirmed: the guardian's pipe is closed, so it rescues.
     pub(crate) async fn thaw(mut self) -> Thawed {
         let thaw_sent = Instant::now();
+        let thaw_bound = self
+            .confirm_by
+            .saturating_duration_since(tokio::time::Instant::now());
         let thaw = match self.answered {
             // Bounded by the confirmation deadline: a slow thaw hook must not run the
             // coordinator into the guardian's kill.
@@ -123,7 +126,7 @@ impl<'a> Frozen<'a> {
                     .unwrap_or_else(|_| {
                         Err(ThawError::Failed(qga::Error::Timeout {
                             command: "guest-fsfreeze-thaw".into(),
-                            after: GRACE,
+                            after: thaw_bound,
                         }))
                     }),
             ),

@@ -40,7 +40,7 @@ pub const GRACE: Duration = Duration::from_secs(5);
 /// hold the agent for minutes).
 pub const RESCUE_FOR: Duration = Duration::from_secs(15 * 60);
 /// The guardian's process name (`comm`), chosen so `pkill qsnap` does not match it.
-pub const PROCESS_NAME: &str = "fsthaw-guard";
+pub const PROCESS_NAME: &std::ffi::CStr = c"fsthaw-guard";
 
 /// An armed guardian process. Dropping it closes the pipe: the guardian then rescues
 /// the guest if it was told `frozen` and never `thawed`.
@@ -213,7 +213,7 @@ fn detach() {
     // Fails only if already a group leader; then the terminal may still reach us, but
     // the signals below are handled anyway.
     let _ = rustix::process::setsid();
-    let _ = rustix::thread::set_name(c"fsthaw-guard");
+    let _ = rustix::thread::set_name(PROCESS_NAME);
     for kind in [
         tokio::signal::unix::SignalKind::hangup(),
         tokio::signal::unix::SignalKind::interrupt(),

@@ -151,13 +151,14 @@ async fn sigkill_of_the_process_group_with_the_terminal_gone_the_guardian_thaws(
                 let cmdline = std::fs::read(dir.join("cmdline")).ok()?;
                 let mine =
                     String::from_utf8_lossy(&cmdline).contains(&*vm.qga_path().to_string_lossy());
-                (mine && comm.trim() == qsnap::guardian::PROCESS_NAME).then_some(dir)
+                (mine && Some(comm.trim()) == qsnap::guardian::PROCESS_NAME.to_str().ok())
+                    .then_some(dir)
             })
             .collect();
         assert_eq!(
             guardians.len(),
             1,
-            "one guardian named {}",
+            "one guardian named {:?}",
             qsnap::guardian::PROCESS_NAME
         );
         let pgid = rustix::process::Pid::from_raw(child.id().unwrap() as i32).unwrap();
