@@ -172,11 +172,7 @@ async fn failed_freeze_with_an_unconfirmed_thaw_reports_the_thaw() {
                 "{quiesce:?}: {err:?}"
             );
             assert_eq!(err.exit_code(), 5);
-            let thaws = sim
-                .log()
-                .iter()
-                .filter(|e| matches!(e, SimAgentEvent::Command { name, .. } if name == "guest-fsfreeze-thaw"))
-                .count();
+            let thaws = thaws_received(&sim);
             assert!(thaws > 0, "a thaw must have been sent");
             assert_eq!(sim.status(), SimFsStatus::Frozen);
             assert_eq!(overlay_files(&vm, "stuck"), Vec::<String>::new());
@@ -211,11 +207,7 @@ async fn windows_guest_that_thawed_by_itself_is_undone_under_required() {
             "{reason}"
         );
         assert_eq!(err.exit_code(), 3);
-        let thaws = sim
-            .log()
-            .iter()
-            .filter(|e| matches!(e, SimAgentEvent::Command { name, .. } if name == "guest-fsfreeze-thaw"))
-            .count();
+        let thaws = thaws_received(&sim);
         assert!(thaws > 0, "the thaw was sent");
         assert_eq!(overlay_files(&vm, "win"), Vec::<String>::new());
         assert_eq!(qsnap_nodes(&vm).await, Vec::<String>::new());
@@ -324,4 +316,14 @@ async fn cancelled_after_any_number_of_polls_the_guest_ends_thawed() {
         assert_eq!(fsstatus(&vm).await, FsfreezeStatus::Thawed);
     })
     .await;
+}
+
+/// How many `guest-fsfreeze-thaw` requests the simulated agent received.
+fn thaws_received(sim: &qsnap_tests::sim::SimAgent) -> usize {
+    sim.log()
+        .iter()
+        .filter(
+            |e| matches!(e, SimAgentEvent::Command { name, .. } if name == "guest-fsfreeze-thaw"),
+        )
+        .count()
 }

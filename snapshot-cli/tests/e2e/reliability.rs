@@ -172,16 +172,23 @@ async fn sigkill_of_the_process_group_with_the_terminal_gone_the_guardian_thaws(
     .await;
 }
 
+/// A proxy in front of `vm`'s QMP socket that holds each `transaction` back `secs`
+/// seconds; returns it (it stops when dropped) and its socket path.
+fn slow_transactions(vm: &QemuVm, secs: u64) -> (DelayProxy, std::path::PathBuf) {
+    let path = vm.dir().join("slow-qmp.sock");
+    let proxy = DelayProxy::start(
+        &path,
+        &vm.qmp_path(),
+        "transaction",
+        Duration::from_secs(secs),
+    );
+    (proxy, path)
+}
+
 /// Runs a snapshot through a proxy that holds the transaction back 6 s, with a 3 s
 /// deadline: the disks switch after the thaw.
 async fn late_transaction(vm: &QemuVm, name: &str, extra: &[&str]) -> (i32, String) {
-    let proxy_path = vm.dir().join("slow-qmp.sock");
-    let _proxy = DelayProxy::start(
-        &proxy_path,
-        &vm.qmp_path(),
-        "transaction",
-        Duration::from_secs(6),
-    );
+    let (_proxy, proxy_path) = slow_transactions(vm, 6);
     let proxy = proxy_path.display().to_string();
     let mut args = vec![
         "--qmp",
@@ -236,13 +243,7 @@ async fn late_transaction_under_preferred_is_kept_and_exits_6() {
 async fn ctrl_c_during_a_late_transaction_merges_back_and_exits_130() {
     within(180, async {
         let vm = booted(QemuVm::builder().disks(2)).await;
-        let proxy_path = vm.dir().join("slow-qmp.sock");
-        let _proxy = DelayProxy::start(
-            &proxy_path,
-            &vm.qmp_path(),
-            "transaction",
-            Duration::from_secs(6),
-        );
+        let (_proxy, proxy_path) = slow_transactions(&vm, 6);
         let mut child = qsnap(&vm)
             .env("QSNAP_QMP", &proxy_path)
             .args([
@@ -385,13 +386,7 @@ async fn commit_refuses_an_overlay_qsnap_did_not_make() {
 async fn a_long_cleanup_after_the_thaw_is_not_killed_by_the_guardian() {
     within(180, async {
         let vm = booted(QemuVm::builder().disks(2)).await;
-        let proxy_path = vm.dir().join("slow-qmp.sock");
-        let _proxy = DelayProxy::start(
-            &proxy_path,
-            &vm.qmp_path(),
-            "transaction",
-            Duration::from_secs(9),
-        );
+        let (_proxy, proxy_path) = slow_transactions(&vm, 9);
         let proxy = proxy_path.display().to_string();
         let args = [
             "--qmp",
