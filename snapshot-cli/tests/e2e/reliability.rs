@@ -62,6 +62,19 @@ async fn started_then_terminal_gone(
     child
 }
 
+/// A snapshot `name` held frozen (60 s of a 90 s deadline), its terminal then gone.
+async fn held_frozen_then_terminal_gone(vm: &QemuVm, name: &str) -> tokio::process::Child {
+    let args = [
+        "--name",
+        name,
+        "--debug-hold-frozen",
+        "60s",
+        "--freeze-timeout",
+        "90s",
+    ];
+    started_then_terminal_gone(vm, &args, "holding").await
+}
+
 /// A slow fsfreeze hook (75 s) against a 3 s deadline: qemu-ga answers nothing while
 /// the hook runs, not even a sync. qsnap writes the thaw behind the freeze at once,
 /// reports that it could not confirm (exit 5), and its guardian keeps confirming until
@@ -103,15 +116,7 @@ async fn slow_hook_past_the_deadline_is_thawed_once_the_hook_ends() {
 async fn sighup_with_the_terminal_gone_thaws_rolls_back_and_exits_130() {
     within(180, async {
         let vm = booted(QemuVm::builder().disks(2).writer(true)).await;
-        let args = [
-            "--name",
-            "hup",
-            "--debug-hold-frozen",
-            "60s",
-            "--freeze-timeout",
-            "90s",
-        ];
-        let mut child = started_then_terminal_gone(&vm, &args, "holding").await;
+        let mut child = held_frozen_then_terminal_gone(&vm, "hup").await;
         let pid = rustix::process::Pid::from_raw(child.id().unwrap() as i32).unwrap();
         rustix::process::kill_process(pid, rustix::process::Signal::HUP).unwrap();
         let status = child.wait().await.unwrap();
@@ -134,15 +139,7 @@ async fn sighup_with_the_terminal_gone_thaws_rolls_back_and_exits_130() {
 async fn sigkill_of_the_process_group_with_the_terminal_gone_the_guardian_thaws() {
     within(180, async {
         let vm = booted(QemuVm::builder().disks(2).writer(true)).await;
-        let args = [
-            "--name",
-            "kill",
-            "--debug-hold-frozen",
-            "60s",
-            "--freeze-timeout",
-            "90s",
-        ];
-        let mut child = started_then_terminal_gone(&vm, &args, "holding").await;
+        let mut child = held_frozen_then_terminal_gone(&vm, "kill").await;
         let guardians: Vec<_> = std::fs::read_dir("/proc")
             .unwrap()
             .filter_map(|e| {
