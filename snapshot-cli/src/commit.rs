@@ -216,6 +216,8 @@ pub(crate) async fn live_commit(
     })
     .await
     .map_err(Error::commit_failed("starting block-commit"))?;
+    // The base is writable now: it takes over the top's bitmaps.
+    crate::bitmaps::carry_down(qmp, c.top, c.base).await;
     let never = CancellationToken::new();
     let outcome = follow(
         qmp,

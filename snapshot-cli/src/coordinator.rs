@@ -20,12 +20,12 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-fn ms(d: Duration) -> f64 {
+pub(crate) fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
 /// Runs `fut` unless `cancel` fires first.
-async fn interruptible<T>(cancel: &CancellationToken, fut: impl Future<Output = T>) -> Result<T> {
+pub(crate) async fn interruptible<T>(cancel: &CancellationToken, fut: impl Future<Output = T>) -> Result<T> {
     tokio::select! {
         biased;
         () = cancel.cancelled() => Err(Error::Interrupted),
@@ -54,7 +54,8 @@ pub async fn snapshot(req: &SnapshotRequest, cancel: &CancellationToken) -> Resu
     // Prepare, outside the freeze. Each overlay is rolled back unless kept.
     let prepared = Prepared::new(plan.qmp.clone());
     let t = Instant::now();
-    let prep = interruptible(cancel, prepared.prepare_all(&plan.disks)).await;
+    let images: Vec<_> = plan.disks.iter().map(DiskPlan::new_image).collect();
+    let prep = interruptible(cancel, prepared.prepare_all(&images)).await;
     if let Err(e) = prep.and_then(|r| r) {
         return Err(after_rollback(e, prepared.rollback().await));
     }
@@ -64,7 +65,10 @@ pub async fn snapshot(req: &SnapshotRequest, cancel: &CancellationToken) -> Resu
     }
 
     // Freeze → switch → thaw (or a plain switch), reporting what was verified.
-    let switch = match switch(req, &mut plan, &lock, cancel).await {
+    let tx = window::transaction(&plan.disks);
+    let agent = plan.agent.as_ref();
+    let switch = switch(req, &plan.qmp, agent, &tx, &mut plan.warnings, &lock, cancel).await;
+    let switch = match switch {
         Ok(s) => s,
         Err(e) => return Err(after_rollback(e, prepared.rollback().await)),
     };
@@ -84,7 +88,7 @@ pub async fn snapshot(req: &SnapshotRequest, cancel: &CancellationToken) -> Resu
 }
 
 /// One qsnap per VM: the lock keyed on the QMP and the agent sockets.
-fn lock(req: &SnapshotRequest) -> Result<VmLock> {
+pub(crate) fn lock(req: &SnapshotRequest) -> Result<VmLock> {
     let sockets: Vec<&std::path::Path> = std::iter::once(req.qmp.as_path())
         .chain(req.qga.as_deref())
         .collect();
@@ -150,22 +154,25 @@ impl Plan {
 
 /// The switch: frozen when an agent can freeze, crash-consistent otherwise; under
 /// `preferred` a freeze that failed before anything switched falls back to a plain one.
-async fn switch(
+pub(crate) async fn switch(
     req: &SnapshotRequest,
-    plan: &mut Plan,
+    qmp: &qmp::Client,
+    agent: Option<&freeze::Agent>,
+    tx: &qmp::commands::Transaction,
+    warnings: &mut Vec<String>,
     lock: &VmLock,
     cancel: &CancellationToken,
 ) -> Result<window::Switch> {
-    let Some(agent) = &plan.agent else {
-        return Ok(window::plain_switch(&plan.qmp, &plan.disks, cancel).await);
+    let Some(agent) = agent else {
+        return Ok(window::plain_switch(qmp, tx, cancel).await);
     };
-    let switch = window::frozen_switch(req, agent, &plan.qmp, &plan.disks, lock, cancel).await?;
+    let switch = window::frozen_switch(req, agent, qmp, tx, lock, cancel).await?;
     let Some(reason) = fallback_reason(req, &switch) else {
         return Ok(switch);
     };
-    warn!("{reason}; taking a crash-consistent snapshot");
-    plan.warnings.push(format!("not quiesced: {reason}"));
-    let mut plain = window::plain_switch(&plan.qmp, &plan.disks, cancel).await;
+    warn!("{reason}; going on crash-consistent");
+    warnings.push(format!("not quiesced: {reason}"));
+    let mut plain = window::plain_switch(qmp, tx, cancel).await;
     plain.guardian = switch.guardian;
     Ok(plain)
 }
@@ -186,7 +193,7 @@ fn fallback_reason(req: &SnapshotRequest, switch: &window::Switch) -> Option<Str
     }
 }
 
-fn node_tag() -> String {
+pub(crate) fn node_tag() -> String {
     let n = getrandom::u32().unwrap_or_else(|_| std::process::id());
     format!("{:06x}", n & 0xff_ffff)
 }

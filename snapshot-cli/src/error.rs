@@ -97,6 +97,32 @@ pub enum Error {
     /// rolled back (both checked).
     #[error("interrupted; the guest was thawed and nothing was left behind")]
     Interrupted,
+    /// A backup failed after its jobs started; it was undone: the jobs cancelled,
+    /// this backup's bitmaps dropped (the previous ones kept, so the next incremental
+    /// still covers every change) and its files removed — all checked.
+    #[error(
+        "backup failed while {during}: {reason}; the guest was thawed, this backup's files and bitmaps were removed and the earlier bitmaps kept"
+    )]
+    BackupFailed {
+        /// The phase.
+        during: String,
+        /// QEMU's or the host's reason.
+        reason: String,
+    },
+    /// `qsnap verify` found problems.
+    #[error("verify failed: {}", problems.join("; "))]
+    VerifyFailed {
+        /// Every problem found.
+        problems: Vec<String>,
+    },
+    /// The backup was made and kept, but it is only crash-consistent.
+    #[error("the backup was made and kept, but it is only crash-consistent: {reason}")]
+    BackupNotConsistent {
+        /// Why.
+        reason: String,
+        /// The backup.
+        report: Box<crate::backup::BackupReport>,
+    },
     /// A live commit failed. QEMU keeps the disk on its overlay when a commit job
     /// fails, so the guest sees no change; the backing image may already hold part of
     /// the overlay's data.
@@ -160,10 +186,11 @@ impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
             Self::QuiesceUnavailable { .. } | Self::QuiesceFailed { .. } => 3,
-            Self::SnapshotFailed { .. } | Self::CommitFailed { .. } => 4,
+            Self::SnapshotFailed { .. } | Self::CommitFailed { .. } | Self::BackupFailed { .. } => 4,
             Self::ThawUnconfirmed { .. } => 5,
-            Self::NotConsistent { .. } => 6,
+            Self::NotConsistent { .. } | Self::BackupNotConsistent { .. } => 6,
             Self::CleanupIncomplete { .. } => 7,
+            Self::VerifyFailed { .. } => 8,
             Self::Interrupted | Self::CommitInterrupted => 130,
             _ => 1,
         }
@@ -181,6 +208,9 @@ impl Error {
                 format!("snapshot failed while {during}: {}", chain(source.as_ref()))
             }
             Self::Interrupted | Self::CommitInterrupted => "interrupted".to_owned(),
+            Self::BackupFailed { during, reason } => {
+                format!("backup failed while {during}: {reason}")
+            }
             Self::CommitFailed { during, source } => {
                 format!("commit failed while {during}: {}", chain(source.as_ref()))
             }

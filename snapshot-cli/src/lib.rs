@@ -45,6 +45,8 @@
 //! Local image files only (no `json:` or network filenames). Windows guests: the
 //! budget is capped below VSS's own 10-second limit.
 
+pub mod backup;
+mod bitmaps;
 pub mod commit;
 mod coordinator;
 mod disks;
@@ -63,6 +65,7 @@ mod settle;
 mod undo;
 mod window;
 
+pub use backup::{BackupReport, BackupRequest, backup};
 pub use commit::{CommitReport, CommitRequest, commit};
 pub use coordinator::snapshot;
 

@@ -11,7 +11,6 @@
 //! QEMU still uses as an active overlay is never unlinked.
 
 use crate::error::{Error, Result};
-use crate::plan::DiskPlan;
 use qmp::commands::{
     BackingRef, BlockdevAdd, BlockdevCreate, BlockdevCreateOptions, BlockdevDel, BlockdevOptions,
     JobCancel, JobDismiss, QueryBlock, QueryJobs, QueryNamedBlockNodes,
@@ -44,7 +43,7 @@ impl CreatedFile {
 
     /// Unlinks the file only if the path still names the inode this run created
     /// (in a shared directory someone may have replaced it since).
-    fn remove(&self) -> std::result::Result<(), String> {
+    pub(crate) fn remove(&self) -> std::result::Result<(), String> {
         match std::fs::symlink_metadata(&self.path) {
             Ok(m) if self.is(&m) => std::fs::remove_file(&self.path).map_err(|e| e.to_string()),
             Ok(_) => Err("the path now names another file; left alone".into()),
@@ -134,6 +133,26 @@ mod tests {
     }
 }
 
+/// A qcow2 image to create and open (with `"backing": null`): an overlay, or a
+/// backup target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct NewImage {
+    /// The file to create (exclusively).
+    pub(crate) path: PathBuf,
+    /// The file whose owner and mode it gets.
+    pub(crate) like: PathBuf,
+    /// Its qcow2 node.
+    pub(crate) node: String,
+    /// Its file node.
+    pub(crate) file_node: String,
+    /// Its exact virtual size.
+    pub(crate) size: u64,
+    /// The backing file and its format recorded in the header.
+    pub(crate) backing: Option<(String, String)>,
+    /// Its cluster size.
+    pub(crate) cluster_size: Option<u64>,
+}
+
 #[derive(Debug, Default)]
 struct Created {
     /// Create jobs started (a job, even concluded, holds its node until dismissed).
@@ -174,19 +193,25 @@ impl Prepared {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Prepares every disk's overlay, concurrently.
-    pub(crate) async fn prepare_all(&self, plans: &[DiskPlan]) -> Result<()> {
-        futures_util::future::try_join_all(plans.iter().map(|p| self.prepare(p))).await?;
+    /// Creates every image, concurrently.
+    pub(crate) async fn prepare_all(&self, images: &[NewImage]) -> Result<()> {
+        futures_util::future::try_join_all(images.iter().map(|p| self.prepare(p))).await?;
         Ok(())
     }
 
-    async fn prepare(&self, plan: &DiskPlan) -> Result<()> {
-        let created = create_exclusive(&plan.overlay, Path::new(&plan.file))?;
+    /// Records a job this run started on the prepared nodes (a backup): rollback
+    /// cancels and dismisses it before it deletes the nodes.
+    pub(crate) fn record_job(&self, id: &str) {
+        self.record(|c| c.jobs.push(id.to_owned()));
+    }
+
+    async fn prepare(&self, plan: &NewImage) -> Result<()> {
+        let created = create_exclusive(&plan.path, &plan.like)?;
         self.record(|c| c.files.push(created));
         let add_file = BlockdevAdd {
             node_name: plan.file_node.clone(),
             options: BlockdevOptions::File {
-                filename: plan.overlay.display().to_string(),
+                filename: plan.path.display().to_string(),
             },
         };
         // Recorded before sending: a cancelled caller may never see the reply of a
@@ -199,13 +224,13 @@ impl Prepared {
             .map_err(Error::failed("adding the overlay file node"))?;
         self.format(plan).await?;
         let add_qcow2 = BlockdevAdd {
-            node_name: plan.overlay_node.clone(),
+            node_name: plan.node.clone(),
             options: BlockdevOptions::Qcow2 {
                 file: plan.file_node.clone(),
                 backing: Some(BackingRef::Null),
             },
         };
-        self.record(|c| c.nodes.push(plan.overlay_node.clone()));
+        self.record(|c| c.nodes.push(plan.node.clone()));
         self.qmp
             .execute(&add_qcow2)
             .await
@@ -214,15 +239,16 @@ impl Prepared {
     }
 
     /// `blockdev-create` qcow2 on the file node, followed to its conclusion.
-    async fn format(&self, plan: &DiskPlan) -> Result<()> {
-        let job_id = format!("{}-create", plan.overlay_node);
+    async fn format(&self, plan: &NewImage) -> Result<()> {
+        let job_id = format!("{}-create", plan.node);
+        let (backing_file, backing_fmt) = plan.backing.clone().unzip();
         let create = BlockdevCreate {
             job_id: job_id.clone(),
             options: BlockdevCreateOptions::Qcow2 {
                 file: plan.file_node.clone(),
-                size: plan.virtual_size,
-                backing_file: Some(plan.file.clone()),
-                backing_fmt: Some(plan.format.clone()),
+                size: plan.size,
+                backing_file,
+                backing_fmt,
                 cluster_size: plan.cluster_size,
             },
         };
@@ -283,6 +309,28 @@ impl Prepared {
         self.kept = true;
         let created = std::mem::take(&mut *self.lock());
         rollback(&self.qmp, created).await
+    }
+
+    /// Keeps the files but deletes the nodes (a finished backup's targets, whose jobs
+    /// concluded): the jobs are dismissed first. Checks the nodes are gone.
+    pub(crate) async fn release(mut self) -> Cleanup {
+        self.kept = true;
+        let mut created = std::mem::take(&mut *self.lock());
+        created.files.clear();
+        settle_jobs(&self.qmp, &created.jobs).await;
+        let mut left = Vec::new();
+        for node in created.nodes.iter().rev() {
+            let del = BlockdevDel {
+                node_name: node.clone(),
+            };
+            match self.qmp.execute(&del).await {
+                Ok(_) => {}
+                Err(e) if is_no_such_node(&e) => {}
+                Err(e) => left.push(format!("node {node}: {e}")),
+            }
+        }
+        left.extend(verify_gone(&self.qmp, &created).await);
+        Cleanup { left }
     }
 
     /// The QMP connection the overlays were prepared on.

@@ -2,6 +2,8 @@
 
 use crate::disks::{NODE_PREFIX, find};
 use crate::error::{Error, Result};
+use crate::bitmaps::Carried;
+use crate::overlay::NewImage;
 use qmp::commands::BlockInfo;
 use std::path::{Path, PathBuf};
 
@@ -26,6 +28,23 @@ pub(crate) struct DiskPlan {
     pub(crate) overlay_node: String,
     /// The overlay's file node.
     pub(crate) file_node: String,
+    /// qsnap's recording bitmaps on the active node, carried onto the overlay.
+    pub(crate) bitmaps: Vec<Carried>,
+}
+
+impl DiskPlan {
+    /// The overlay to create: backed by the active image, with its size.
+    pub(crate) fn new_image(&self) -> NewImage {
+        NewImage {
+            path: self.overlay.clone(),
+            like: PathBuf::from(&self.file),
+            node: self.overlay_node.clone(),
+            file_node: self.file_node.clone(),
+            size: self.virtual_size,
+            backing: Some((self.file.clone(), self.format.clone())),
+            cluster_size: self.cluster_size,
+        }
+    }
 }
 
 /// Checks a snapshot name: it becomes part of file names.
@@ -48,14 +67,8 @@ pub(crate) fn default_name() -> String {
     format!("snap-{compact}")
 }
 
-/// Chooses the disks and derives their overlays. `tag` makes node names unique.
-pub(crate) fn select(
-    blocks: &[BlockInfo],
-    wanted: &[String],
-    name: &str,
-    overlay_dir: Option<&Path>,
-    tag: &str,
-) -> Result<Vec<DiskPlan>> {
+/// The disks `wanted` names (every writable disk when empty).
+pub(crate) fn chosen<'a>(blocks: &'a [BlockInfo], wanted: &[String]) -> Result<Vec<&'a BlockInfo>> {
     let candidates: Vec<&BlockInfo> = blocks.iter().filter(|b| b.inserted.is_some()).collect();
     let chosen: Vec<&BlockInfo> = if wanted.is_empty() {
         candidates
@@ -75,9 +88,21 @@ pub(crate) fn select(
     };
     if chosen.is_empty() {
         return Err(Error::Invalid(
-            "the VM has no writable disk to snapshot".into(),
+            "the VM has no writable disk to snapshot or back up".into(),
         ));
     }
+    Ok(chosen)
+}
+
+/// Chooses the disks and derives their overlays. `tag` makes node names unique.
+pub(crate) fn select(
+    blocks: &[BlockInfo],
+    wanted: &[String],
+    name: &str,
+    overlay_dir: Option<&Path>,
+    tag: &str,
+) -> Result<Vec<DiskPlan>> {
+    let chosen = chosen(blocks, wanted)?;
     let plans = chosen
         .iter()
         .enumerate()
@@ -128,6 +153,7 @@ fn disk_plan(
         overlay: dir.join(format!("{stem}.{name}.qcow2")),
         overlay_node: format!("{NODE_PREFIX}{tag}-{i}"),
         file_node: format!("{NODE_PREFIX}{tag}-{i}-f"),
+        bitmaps: crate::bitmaps::carried(&inserted.dirty_bitmaps),
         node,
         file,
     })
@@ -200,7 +226,7 @@ pub(crate) fn check_paths(plans: &[DiskPlan], dir_chosen: bool) -> Result<()> {
 /// directory another user can write (without the sticky bit) or owns, that user could
 /// replace the file in between and have QEMU format theirs. Refused: only this user
 /// and root may be able to rename or unlink entries of an overlay directory.
-fn check_not_swappable(dir: &Path) -> Result<()> {
+pub(crate) fn check_not_swappable(dir: &Path) -> Result<()> {
     use std::os::unix::fs::MetadataExt;
     let meta = std::fs::metadata(dir).map_err(|source| Error::Io {
         what: "cannot inspect",

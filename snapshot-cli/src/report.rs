@@ -3,7 +3,7 @@
 use serde::Serialize;
 
 /// Whether the snapshot was taken while the guest's filesystems were frozen.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Consistency {
     /// Filesystems were frozen (and the guest's fsfreeze hooks ran) at the switch.

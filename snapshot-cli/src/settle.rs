@@ -205,7 +205,7 @@ impl Settle<'_> {
 }
 
 /// Why a switch made in time is still not verifiably consistent.
-fn thaw_problem(guest: &Guest) -> Option<String> {
+pub(crate) fn thaw_problem(guest: &Guest) -> Option<String> {
     match guest {
         Guest::Thawed {
             frozen,

@@ -1,5 +1,5 @@
-//! The frozen window: freeze → one `transaction` → thaw → confirm, and what each step
-//! verifiably did.
+//! The frozen window: freeze → one `transaction` (a snapshot's switch, or a backup's
+//! start) → thaw → confirm, and what each step verifiably did.
 //!
 //! Nothing here decides what to keep or undo; it returns a [`Switch`] that says what
 //! happened to the disks ([`Disks`]) and to the guest ([`Guest`]), and the coordinator
@@ -69,15 +69,22 @@ pub(crate) struct WindowTimings {
     pub(crate) in_freeze_overhead: f64,
 }
 
+/// The snapshot's transaction: each disk switches onto its overlay, which gets the
+/// disk's recording bitmaps (see [`crate::bitmaps`]).
 pub(crate) fn transaction(disks: &[DiskPlan]) -> Transaction {
     Transaction {
         actions: disks
             .iter()
-            .map(|d| {
-                TransactionAction::BlockdevSnapshot(BlockdevSnapshot {
+            .flat_map(|d| {
+                let switch = TransactionAction::BlockdevSnapshot(BlockdevSnapshot {
                     node: d.node.clone(),
                     overlay: d.overlay_node.clone(),
-                })
+                });
+                std::iter::once(switch).chain(crate::bitmaps::onto_overlay(
+                    &d.node,
+                    &d.overlay_node,
+                    &d.bitmaps,
+                ))
             })
             .collect(),
     }
@@ -91,7 +98,7 @@ fn ms(d: Duration) -> f64 {
 /// once sent it is awaited (the reply says whether the disks switched).
 pub(crate) async fn plain_switch(
     qmp: &qmp::Client,
-    disks: &[DiskPlan],
+    tx: &Transaction,
     cancel: &CancellationToken,
 ) -> Switch {
     let mut switch = Switch {
@@ -107,7 +114,7 @@ pub(crate) async fn plain_switch(
     }
     let t = Instant::now();
     let result = qmp
-        .execute_with_timeout(&transaction(disks), LATE_TRANSACTION_WAIT)
+        .execute_with_timeout(tx, LATE_TRANSACTION_WAIT)
         .await;
     switch.disks = transaction_disks(result, &mut switch.problem, || Disks::SwitchedInTime {
         took: t.elapsed(),
@@ -142,14 +149,13 @@ pub(crate) async fn frozen_switch(
     req: &SnapshotRequest,
     agent: &Agent,
     qmp: &qmp::Client,
-    disks: &[DiskPlan],
+    tx: &Transaction,
     lock: &VmLock,
     cancel: &CancellationToken,
 ) -> Result<Switch, Error> {
     // Built before the freeze; polled only once frozen and in time. Once polled it is
     // never dropped early: QEMU may still complete it, and we must learn whether it did.
-    let tx = transaction(disks);
-    let call = qmp.execute_with_timeout(&tx, LATE_TRANSACTION_WAIT);
+    let call = qmp.execute_with_timeout(tx, LATE_TRANSACTION_WAIT);
     tokio::pin!(call);
 
     let (frozen, freeze) = Frozen::freeze(req, agent, lock, cancel).await?;

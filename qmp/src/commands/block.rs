@@ -57,6 +57,9 @@ pub struct BlockDeviceInfo {
     pub active: Option<bool>,
     /// The image and its backing chain.
     pub image: ImageInfo,
+    /// The node's dirty bitmaps.
+    #[serde(rename = "dirty-bitmaps", default)]
+    pub dirty_bitmaps: Vec<super::DirtyBitmapInfo>,
 }
 
 /// An image and, recursively, its backing image.
@@ -255,6 +258,14 @@ pub enum TransactionAction {
     BlockdevSnapshot(BlockdevSnapshot),
     /// A `blockdev-snapshot-sync`.
     BlockdevSnapshotSync(BlockdevSnapshotSync),
+    /// Starts a backup job (its instant is the transaction's).
+    BlockdevBackup(super::BlockdevBackup),
+    /// Adds a dirty bitmap.
+    BlockDirtyBitmapAdd(super::BlockDirtyBitmapAdd),
+    /// Removes a dirty bitmap.
+    BlockDirtyBitmapRemove(super::BlockDirtyBitmapRemove),
+    /// Merges dirty bitmaps.
+    BlockDirtyBitmapMerge(super::BlockDirtyBitmapMerge),
 }
 
 /// `transaction`: all actions take effect at one instant, or none does.

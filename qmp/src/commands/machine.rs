@@ -63,3 +63,29 @@ pub struct ChardevInfo {
     /// Whether the guest side has the device open.
     pub frontend_open: bool,
 }
+
+/// `query-name`: the VM's `-name`.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct QueryName;
+command!(QueryName, "query-name", NameInfo);
+
+/// The reply to [`QueryName`].
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct NameInfo {
+    /// The name, if the VM was given one.
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// `query-uuid`: the VM's `-uuid` (all zeros when none was given).
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct QueryUuid;
+command!(QueryUuid, "query-uuid", UuidInfo);
+
+/// The reply to [`QueryUuid`].
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct UuidInfo {
+    /// The UUID.
+    #[serde(rename = "UUID")]
+    pub uuid: String,
+}

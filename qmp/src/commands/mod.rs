@@ -6,10 +6,14 @@
 //! `qapi/control.json`, `qapi/run-state.json` and `qapi/char.json`, and against the
 //! replies of a live QEMU 10.0.2. Optional members QEMU may add later are ignored.
 
+mod backup;
+mod bitmaps;
 mod block;
 mod jobs;
 mod machine;
 
+pub use backup::*;
+pub use bitmaps::*;
 pub use block::*;
 pub use jobs::*;
 pub use machine::*;

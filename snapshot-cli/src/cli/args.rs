@@ -11,13 +11,16 @@ Exit codes:
   1    other error
   2    usage error
   3    quiesce required but unavailable or failed (guest thawed, nothing changed)
-  4    snapshot failed (guest thawed, nothing changed); commit failed (the disk stays
-       on its overlay; the base may already hold part of the overlay's data)
+  4    snapshot failed (guest thawed, nothing changed); backup failed (guest thawed,
+       its files and bitmaps removed, the earlier bitmaps kept); commit failed (the
+       disk stays on its overlay; the base may already hold part of its data)
   5    thaw could not be confirmed (the guest may still be frozen: `qsnap thaw --force`)
-  6    snapshot taken and kept, but only crash-consistent (--quiesce preferred/off)
+  6    snapshot or backup made and kept, but only crash-consistent (--quiesce
+       preferred/off)
   7    failed, and the cleanup left something behind (listed, with what to do)
-  130  interrupted (snapshot, freeze: guest thawed, nothing changed; commit: job
-       cancelled, the disk stays on its overlay)
+  8    verify found a problem (listed)
+  130  interrupted (snapshot, backup, freeze: guest thawed, nothing changed; commit:
+       job cancelled, the disk stays on its overlay)
 Every claim in parentheses is checked just before qsnap exits.";
 
 /// Filesystem-consistent live disk snapshots of VMs run by bare QEMU (QMP + guest agent).
@@ -70,6 +73,21 @@ pub(crate) enum Cmd {
     Fsstatus,
     /// Merge a disk's active overlay back into its backing image, live.
     Commit(CommitArgs),
+    /// Back up the VM's disks at one frozen instant into standalone images (full, or
+    /// incremental with persistent dirty bitmaps); the guest runs while they copy.
+    Backup(BackupArgs),
+    /// Build a standalone image of one disk at a backup's instant (offline).
+    Restore(RestoreArgs),
+    /// Check a backup and its chain: images, backing chain, checksums (offline).
+    Verify {
+        /// The backup: its manifest, DIR/<id>.json.
+        backup: PathBuf,
+    },
+    /// List the backups in a directory, by chain (offline).
+    Backups {
+        /// The backup directory.
+        dir: PathBuf,
+    },
     /// Run a raw QMP command and print its reply (escape hatch).
     Qmp {
         /// The command, e.g. query-status.
@@ -100,15 +118,22 @@ pub(crate) enum Cmd {
 
 #[derive(Debug, Args)]
 pub(crate) struct SnapshotArgs {
-    /// Disk to snapshot, by node-name or qdev id (repeatable; default: every writable disk).
-    #[arg(long = "disk", value_name = "NODE|ID")]
-    pub(crate) disks: Vec<String>,
     /// Snapshot name, part of each overlay file name (default: snap-<UTC time>).
     #[arg(long)]
     pub(crate) name: Option<String>,
     /// Directory for the overlays (default: beside each active image).
     #[arg(long, value_name = "DIR")]
     pub(crate) overlay_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) window: WindowArgs,
+}
+
+/// Which disks, and how to quiesce the guest: the same for snapshot and backup.
+#[derive(Debug, Args)]
+pub(crate) struct WindowArgs {
+    /// Disk, by node-name or qdev id (repeatable; default: every writable disk).
+    #[arg(long = "disk", value_name = "NODE|ID")]
+    pub(crate) disks: Vec<String>,
     /// What to do if the guest cannot be frozen.
     #[arg(long, value_enum, default_value_t = Quiesce::Required)]
     pub(crate) quiesce: Quiesce,
@@ -125,9 +150,37 @@ pub(crate) struct SnapshotArgs {
     /// guest frozen).
     #[arg(long)]
     pub(crate) no_guardian: bool,
-    /// Testing aid: stay frozen this long before switching.
+    /// Testing aid: stay frozen this long before the transaction.
     #[arg(long, value_parser = parse_duration, hide = true, default_value = "0s")]
     pub(crate) debug_hold_frozen: Duration,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct BackupArgs {
+    /// The backup directory (one per VM; it must exist).
+    #[arg(long, value_name = "DIR")]
+    pub(crate) target: PathBuf,
+    /// Copy only what changed since the last complete backup in DIR (a full backup,
+    /// and why, when the disks' bitmaps do not allow it).
+    #[arg(long)]
+    pub(crate) incremental: bool,
+    #[command(flatten)]
+    pub(crate) window: WindowArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RestoreArgs {
+    /// The backup: its manifest, DIR/<id>.json.
+    pub(crate) backup: PathBuf,
+    /// The new image (must not exist).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) to: PathBuf,
+    /// The disk (qdev id), when the backup has several.
+    #[arg(long, value_name = "ID")]
+    pub(crate) disk: Option<String>,
+    /// The new image's format.
+    #[arg(long, default_value = "qcow2", value_parser = ["qcow2", "raw"])]
+    pub(crate) format: String,
 }
 
 #[derive(Debug, Args)]

@@ -2,6 +2,7 @@
 
 mod agent;
 mod args;
+mod backup;
 mod commit;
 mod docs;
 mod info;
@@ -137,6 +138,10 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Info => info::run(g, &cancel).await,
         Cmd::Ping => agent::ping(g, &cancel).await,
         Cmd::Commit(args) => commit::run(g, args, &cancel).await,
+        Cmd::Backup(args) => backup::run(g, args, &cancel).await,
+        Cmd::Restore(args) => backup::restore(g, &args),
+        Cmd::Verify { backup } => backup::verify(g, &backup),
+        Cmd::Backups { dir } => backup::list(g, &dir),
         Cmd::Qmp { command, args } => raw::qmp(g, &command, args.as_deref(), &cancel).await,
         Cmd::Qga { command, args } => raw::qga(g, &command, args.as_deref(), &cancel).await,
         Cmd::Events => raw::events(g, &cancel).await,

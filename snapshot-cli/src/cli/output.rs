@@ -50,6 +50,7 @@ pub(crate) fn error(json: bool, e: &anyhow::Error, code: u8) {
         // Exit 6 kept a snapshot: its report goes along, so scripts find the overlays.
         let report = match e.downcast_ref::<qsnap::Error>() {
             Some(qsnap::Error::NotConsistent { report, .. }) => json!(report),
+            Some(qsnap::Error::BackupNotConsistent { report, .. }) => json!(report),
             _ => serde_json::Value::Null,
         };
         line(

@@ -1,25 +1,15 @@
 //! `qsnap snapshot`.
 
-use super::args::SnapshotArgs;
+use super::args::{SnapshotArgs, WindowArgs};
 use super::{Global, need, output};
 use anyhow::Result;
 use qsnap::{CancellationToken, Consistency, Report, SnapshotRequest};
 use std::fmt::Write as _;
 
 pub(crate) async fn run(g: &Global, args: SnapshotArgs, cancel: &CancellationToken) -> Result<()> {
-    let mut request = SnapshotRequest::new(need(&g.qmp, "--qmp")?);
-    request.qga = g.qga.clone();
+    let mut request = request(g, args.window)?;
     request.name = args.name;
-    request.disks = args.disks;
     request.overlay_dir = args.overlay_dir;
-    request.quiesce = args.quiesce;
-    request.freeze_timeout = args.freeze_timeout;
-    request.mountpoints = args.mountpoints;
-    request.agent_timeout = args.agent_timeout;
-    request.hold_frozen = args.debug_hold_frozen;
-    if !args.no_guardian {
-        request.guardian = std::env::current_exe().ok();
-    }
     let report = match qsnap::snapshot(&request, cancel).await {
         Ok(report) => report,
         // Taken and kept, but only crash-consistent (exit 6): the report still says
@@ -34,6 +24,22 @@ pub(crate) async fn run(g: &Global, args: SnapshotArgs, cancel: &CancellationTok
     };
     output::emit(g.json, &report, human);
     Ok(())
+}
+
+/// The VM, the disks and the quiesce options, as a request.
+pub(crate) fn request(g: &Global, w: WindowArgs) -> Result<SnapshotRequest> {
+    let mut request = SnapshotRequest::new(need(&g.qmp, "--qmp")?);
+    request.qga = g.qga.clone();
+    request.disks = w.disks;
+    request.quiesce = w.quiesce;
+    request.freeze_timeout = w.freeze_timeout;
+    request.mountpoints = w.mountpoints;
+    request.agent_timeout = w.agent_timeout;
+    request.hold_frozen = w.debug_hold_frozen;
+    if !w.no_guardian {
+        request.guardian = std::env::current_exe().ok();
+    }
+    Ok(request)
 }
 
 fn human(r: &Report) -> String {

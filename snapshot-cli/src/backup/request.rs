@@ -1,0 +1,77 @@
+//! What to back up, and the report of a backup.
+
+use super::manifest::Manifest;
+use crate::request::SnapshotRequest;
+use serde::Serialize;
+use std::path::PathBuf;
+
+/// A backup to make. The VM, the disks, the quiesce policy, the freeze deadline and
+/// the guardian come from [`BackupRequest::vm`] exactly as for a snapshot (its `name`
+/// and `overlay_dir` are not used).
+#[derive(Debug, Clone)]
+pub struct BackupRequest {
+    /// The VM and how to quiesce it.
+    pub vm: SnapshotRequest,
+    /// The backup directory (one per VM): images and manifests.
+    pub target: PathBuf,
+    /// Copy only what changed since the last complete backup in `target`, when its
+    /// bitmaps allow; otherwise a full backup, saying why.
+    pub incremental: bool,
+}
+
+impl BackupRequest {
+    /// A full backup of every writable disk, quiesced through the agent at `qga`.
+    pub fn new(vm: SnapshotRequest, target: impl Into<PathBuf>) -> Self {
+        Self {
+            vm,
+            target: target.into(),
+            incremental: false,
+        }
+    }
+
+    /// Asks for an incremental backup.
+    pub fn incremental(mut self, yes: bool) -> Self {
+        self.incremental = yes;
+        self
+    }
+}
+
+/// Durations, milliseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct BackupTimings {
+    /// Connecting, reading the VM and the directory.
+    pub plan: f64,
+    /// Creating and adding the targets (outside the freeze).
+    pub prepare: f64,
+    /// The freeze command's round trip.
+    pub freeze_call: f64,
+    /// The transaction's round trip.
+    pub transaction: f64,
+    /// The thaw command's round trip.
+    pub thaw_call: f64,
+    /// Freeze sent → thaw answered.
+    pub frozen_window: f64,
+    /// Freeze answered → thaw sent: qsnap's own share of the window.
+    pub in_freeze_overhead: f64,
+    /// The jobs' copy (the guest runs meanwhile).
+    pub copy: f64,
+    /// Hashing the images.
+    pub checksum: f64,
+    /// Everything.
+    pub total: f64,
+}
+
+/// The result of a backup.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BackupReport {
+    /// Where its manifest is.
+    pub manifest_path: PathBuf,
+    /// The manifest as written.
+    pub manifest: Manifest,
+    /// Bitmaps removed because this backup superseded them.
+    pub retired_bitmaps: Vec<String>,
+    /// Whether a guardian covered the freeze.
+    pub guardian: bool,
+    /// Durations.
+    pub timings_ms: BackupTimings,
+}
