@@ -46,6 +46,9 @@ pub struct BlockdevBackup {
     /// What the job does to `bitmap`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bitmap_mode: Option<BitmapSyncMode>,
+    /// Rate limit, bytes per second.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub speed: Option<u64>,
     /// Keep the concluded job until `job-dismiss` (so its result can be read).
     pub auto_dismiss: bool,
 }
@@ -65,6 +68,7 @@ mod tests {
             sync: BackupSync::Bitmap,
             bitmap: Some("b1".into()),
             bitmap_mode: Some(BitmapSyncMode::Never),
+            speed: None,
             auto_dismiss: false,
         };
         assert_eq!(

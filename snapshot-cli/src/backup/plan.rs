@@ -41,6 +41,8 @@ pub(crate) struct BackupPlan {
     pub(crate) disks: Vec<DiskBackup>,
     /// In-progress manifests of runs that died (their leftovers are reaped).
     pub(crate) dead: Vec<Manifest>,
+    /// The copy's rate limit per disk, bytes per second.
+    pub(crate) speed: Option<u64>,
     /// Every bitmap a manifest in the directory names (retired once this backup is
     /// complete, unless it is this backup's).
     pub(crate) known_bitmaps: Vec<String>,
@@ -88,6 +90,7 @@ pub(crate) struct Inputs<'a> {
     pub(crate) all: &'a [Manifest],
     pub(crate) vm: &'a Vm,
     pub(crate) incremental: bool,
+    pub(crate) speed: Option<u64>,
     pub(crate) tag: &'a str,
 }
 
@@ -138,6 +141,7 @@ pub(crate) fn decide(i: &Inputs<'_>) -> Result<BackupPlan> {
             .flat_map(|m| m.disks.iter().map(|d| d.bitmap.clone()))
             .collect(),
         disks,
+        speed: i.speed,
         id,
     })
 }
@@ -262,6 +266,7 @@ impl BackupPlan {
                     sync: if d.from.is_some() { BackupSync::Bitmap } else { BackupSync::Full },
                     bitmap: d.from.as_ref().map(|f| f.name.clone()),
                     bitmap_mode: d.from.as_ref().map(|_| BitmapSyncMode::Never),
+                    speed: self.speed,
                     auto_dismiss: false,
                 });
                 let add = TransactionAction::BlockDirtyBitmapAdd(BlockDirtyBitmapAdd {

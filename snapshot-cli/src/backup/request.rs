@@ -17,6 +17,9 @@ pub struct BackupRequest {
     /// Copy only what changed since the last complete backup in `target`, when its
     /// bitmaps allow; otherwise a full backup, saying why.
     pub incremental: bool,
+    /// Limit each disk's copy to this many bytes per second (spares the host's
+    /// storage; the guest runs meanwhile). `None`: as fast as QEMU can.
+    pub speed: Option<u64>,
 }
 
 impl BackupRequest {
@@ -26,6 +29,7 @@ impl BackupRequest {
             vm,
             target: target.into(),
             incremental: false,
+            speed: None,
         }
     }
 

@@ -212,6 +212,7 @@ impl Run {
             all: &all,
             vm: &vm,
             incremental: req.incremental,
+            speed: req.speed,
             tag: &tag,
         })?;
         let mut warnings = Vec::new();

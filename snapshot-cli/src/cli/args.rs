@@ -164,6 +164,9 @@ pub(crate) struct BackupArgs {
     /// and why, when the disks' bitmaps do not allow it).
     #[arg(long)]
     pub(crate) incremental: bool,
+    /// Limit each disk's copy to this rate, bytes per second (suffixes K, M, G: 1024s).
+    #[arg(long, value_parser = parse_bytes, value_name = "BYTES")]
+    pub(crate) speed: Option<u64>,
     #[command(flatten)]
     pub(crate) window: WindowArgs,
 }
@@ -228,6 +231,24 @@ pub(crate) struct GuardianArgs {
     pub(crate) log: Option<PathBuf>,
 }
 
+/// Parses `1048576`, `512K`, `50M`, `1G` (powers of 1024).
+pub(crate) fn parse_bytes(s: &str) -> Result<u64, String> {
+    let (digits, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let shift = match unit {
+        "" => 0,
+        "K" | "k" => 10,
+        "M" | "m" => 20,
+        "G" | "g" => 30,
+        _ => return Err(format!("{s:?}: use a number of bytes, e.g. 1048576, 512K, 50M")),
+    };
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(1 << shift))
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("{s:?}: use a positive number of bytes, e.g. 1048576, 512K, 50M"))
+}
+
 /// Parses `500ms`, `10s`, `2m`, `1h 30m`.
 pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (use e.g. 500ms, 10s, 2m)"))
@@ -249,5 +270,13 @@ mod tests {
         assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
         assert!(parse_duration("ten").unwrap_err().contains("10s"));
+    }
+
+    #[test]
+    fn byte_rates_take_binary_suffixes() {
+        assert_eq!(parse_bytes("4096"), Ok(4096));
+        assert_eq!(parse_bytes("512K"), Ok(512 << 10));
+        assert_eq!(parse_bytes("50M"), Ok(50 << 20));
+        assert!(parse_bytes("0").is_err() && parse_bytes("5T").is_err() && parse_bytes("M").is_err());
     }
 }

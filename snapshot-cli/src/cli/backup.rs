@@ -20,6 +20,7 @@ pub(crate) async fn run(g: &Global, args: BackupArgs, cancel: &CancellationToken
         vm: snapshot::request(g, args.window)?,
         target: args.target,
         incremental: args.incremental,
+        speed: args.speed,
     };
     let bar = (std::io::stderr().is_terminal() && !g.json && !g.quiet).then(|| {
         let bar = ProgressBar::new(0);
