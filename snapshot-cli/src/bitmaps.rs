@@ -9,9 +9,8 @@
 //!   base's bitmaps as well, so a write racing the pivot is recorded either way.
 
 use qmp::commands::{
-    BitmapRef, BlockDeviceInfo, BlockDirtyBitmapAdd, BlockDirtyBitmapMerge,
-    BlockDirtyBitmapRemove, DirtyBitmapInfo, QueryNamedBlockNodes, Transaction,
-    TransactionAction,
+    BitmapRef, BlockDeviceInfo, BlockDirtyBitmapAdd, BlockDirtyBitmapMerge, BlockDirtyBitmapRemove,
+    DirtyBitmapInfo, QueryNamedBlockNodes, Transaction, TransactionAction,
 };
 use tracing::{info, warn};
 
@@ -40,7 +39,11 @@ pub(crate) fn carried(bitmaps: &[DirtyBitmapInfo]) -> Vec<Carried> {
 
 /// Transaction actions that give `overlay` the bitmaps of `node`, each covering what
 /// `node`'s covered (merged in) and recording from the switch on.
-pub(crate) fn onto_overlay(node: &str, overlay: &str, bitmaps: &[Carried]) -> Vec<TransactionAction> {
+pub(crate) fn onto_overlay(
+    node: &str,
+    overlay: &str,
+    bitmaps: &[Carried],
+) -> Vec<TransactionAction> {
     bitmaps
         .iter()
         .flat_map(|b| {
@@ -76,31 +79,37 @@ pub(crate) fn down_actions(
     let mut actions = Vec::new();
     for b in &top {
         if !base_names.contains(&b.name.as_str()) {
-            actions.push(TransactionAction::BlockDirtyBitmapAdd(BlockDirtyBitmapAdd {
-                node: base_node.to_owned(),
-                name: b.name.clone(),
-                granularity: Some(b.granularity),
-                persistent: true,
-            }));
+            actions.push(TransactionAction::BlockDirtyBitmapAdd(
+                BlockDirtyBitmapAdd {
+                    node: base_node.to_owned(),
+                    name: b.name.clone(),
+                    granularity: Some(b.granularity),
+                    persistent: true,
+                },
+            ));
         }
-        actions.push(TransactionAction::BlockDirtyBitmapMerge(BlockDirtyBitmapMerge {
-            node: base_node.to_owned(),
-            target: b.name.clone(),
-            bitmaps: vec![BitmapRef::Node {
-                node: top_node.to_owned(),
-                name: b.name.clone(),
-            }],
-        }));
+        actions.push(TransactionAction::BlockDirtyBitmapMerge(
+            BlockDirtyBitmapMerge {
+                node: base_node.to_owned(),
+                target: b.name.clone(),
+                bitmaps: vec![BitmapRef::Node {
+                    node: top_node.to_owned(),
+                    name: b.name.clone(),
+                }],
+            },
+        ));
     }
     for b in base {
         let stale = b.name().starts_with(BITMAP_PREFIX)
             && !b.busy
             && !top.iter().any(|t| t.name == b.name());
         if stale {
-            actions.push(TransactionAction::BlockDirtyBitmapRemove(BlockDirtyBitmapRemove {
-                node: base_node.to_owned(),
-                name: b.name().to_owned(),
-            }));
+            actions.push(TransactionAction::BlockDirtyBitmapRemove(
+                BlockDirtyBitmapRemove {
+                    node: base_node.to_owned(),
+                    name: b.name().to_owned(),
+                },
+            ));
         }
     }
     actions
@@ -110,7 +119,10 @@ pub(crate) fn down_actions(
 /// writable). A failure is logged, never fatal: the next backup then finds no bitmap
 /// it can trust and is made full.
 pub(crate) async fn carry_down(qmp: &qmp::Client, top: &str, base: &str) {
-    let nodes = match qmp.execute(&QueryNamedBlockNodes { flat: Some(true) }).await {
+    let nodes = match qmp
+        .execute(&QueryNamedBlockNodes { flat: Some(true) })
+        .await
+    {
         Ok(n) => n,
         Err(e) => {
             warn!(error = %e, "cannot read the bitmaps to carry down; the next backup will be full");
@@ -169,7 +181,10 @@ mod tests {
 
     #[test]
     fn commit_adds_missing_merges_present_and_drops_retired_bitmaps() {
-        let top = [bitmap("qsnap-new", true, false), bitmap("qsnap-kept", true, false)];
+        let top = [
+            bitmap("qsnap-new", true, false),
+            bitmap("qsnap-kept", true, false),
+        ];
         let base = [
             bitmap("qsnap-kept", true, false),
             bitmap("qsnap-retired", true, false),

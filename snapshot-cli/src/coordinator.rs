@@ -25,7 +25,10 @@ pub(crate) fn ms(d: Duration) -> f64 {
 }
 
 /// Runs `fut` unless `cancel` fires first.
-pub(crate) async fn interruptible<T>(cancel: &CancellationToken, fut: impl Future<Output = T>) -> Result<T> {
+pub(crate) async fn interruptible<T>(
+    cancel: &CancellationToken,
+    fut: impl Future<Output = T>,
+) -> Result<T> {
     tokio::select! {
         biased;
         () = cancel.cancelled() => Err(Error::Interrupted),
@@ -67,7 +70,16 @@ pub async fn snapshot(req: &SnapshotRequest, cancel: &CancellationToken) -> Resu
     // Freeze → switch → thaw (or a plain switch), reporting what was verified.
     let tx = window::transaction(&plan.disks);
     let agent = plan.agent.as_ref();
-    let switch = switch(req, &plan.qmp, agent, &tx, &mut plan.warnings, &lock, cancel).await;
+    let switch = switch(
+        req,
+        &plan.qmp,
+        agent,
+        &tx,
+        &mut plan.warnings,
+        &lock,
+        cancel,
+    )
+    .await;
     let switch = match switch {
         Ok(s) => s,
         Err(e) => return Err(after_rollback(e, prepared.rollback().await)),

@@ -186,7 +186,9 @@ impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
             Self::QuiesceUnavailable { .. } | Self::QuiesceFailed { .. } => 3,
-            Self::SnapshotFailed { .. } | Self::CommitFailed { .. } | Self::BackupFailed { .. } => 4,
+            Self::SnapshotFailed { .. } | Self::CommitFailed { .. } | Self::BackupFailed { .. } => {
+                4
+            }
             Self::ThawUnconfirmed { .. } => 5,
             Self::NotConsistent { .. } | Self::BackupNotConsistent { .. } => 6,
             Self::CleanupIncomplete { .. } => 7,

@@ -1,8 +1,8 @@
 //! Planning: which disks, which overlay paths and node names. Nothing changes yet.
 
+use crate::bitmaps::Carried;
 use crate::disks::{NODE_PREFIX, find};
 use crate::error::{Error, Result};
-use crate::bitmaps::Carried;
 use crate::overlay::NewImage;
 use qmp::commands::BlockInfo;
 use std::path::{Path, PathBuf};

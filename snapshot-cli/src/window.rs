@@ -113,9 +113,7 @@ pub(crate) async fn plain_switch(
         return switch;
     }
     let t = Instant::now();
-    let result = qmp
-        .execute_with_timeout(tx, LATE_TRANSACTION_WAIT)
-        .await;
+    let result = qmp.execute_with_timeout(tx, LATE_TRANSACTION_WAIT).await;
     switch.disks = transaction_disks(result, &mut switch.problem, || Disks::SwitchedInTime {
         took: t.elapsed(),
     });

@@ -60,3 +60,57 @@ pub fn ext4_needs_recovery(image: &Path) -> Result<bool> {
         .ok_or_else(|| Error::Tool("dumpe2fs", "no feature line".into()))?;
     Ok(features.split_whitespace().any(|f| f == "needs_recovery"))
 }
+
+/// A raw copy of `image` (through its backing chain) in a temporary file.
+///
+/// # Errors
+/// `qemu-img convert` failed.
+pub fn raw_copy(image: &Path) -> Result<tempfile::NamedTempFile> {
+    let tmp = tempfile::Builder::new().suffix(".raw").tempfile()?;
+    run(
+        "qemu-img convert",
+        Command::new("qemu-img")
+            .args(["convert", "-U", "-O", "raw"])
+            .arg(image)
+            .arg(tmp.path()),
+    )?;
+    Ok(tmp)
+}
+
+/// A file's content in the ext4 filesystem of the raw image `raw` (`debugfs`).
+///
+/// # Errors
+/// `debugfs` failed.
+pub fn ext4_file(raw: &Path, path: &str) -> Result<Vec<u8>> {
+    let out = Command::new("debugfs")
+        .arg("-R")
+        .arg(format!("cat {path}"))
+        .arg(raw)
+        .output()
+        .map_err(|e| Error::Spawn("debugfs", e))?;
+    // debugfs exits 0 even when the file is missing; it says so on stderr.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() || stderr.contains("not found") {
+        return Err(Error::Tool("debugfs", stderr.into_owned()));
+    }
+    Ok(out.stdout)
+}
+
+/// Whether `e2fsck -fn` finds the ext4 filesystem of the raw image `raw` clean and
+/// without a journal to replay (`needs_recovery`).
+///
+/// # Errors
+/// A tool could not run.
+pub fn ext4_clean(raw: &Path) -> Result<bool> {
+    let header = run("dumpe2fs", Command::new("dumpe2fs").arg("-h").arg(raw))?;
+    let recovery = header
+        .lines()
+        .find(|l| l.starts_with("Filesystem features:"))
+        .is_some_and(|l| l.split_whitespace().any(|f| f == "needs_recovery"));
+    let fsck = Command::new("e2fsck")
+        .args(["-f", "-n"])
+        .arg(raw)
+        .output()
+        .map_err(|e| Error::Spawn("e2fsck", e))?;
+    Ok(!recovery && fsck.status.success())
+}

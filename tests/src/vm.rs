@@ -102,6 +102,7 @@ impl VmBuilder {
             child: Some(child),
             dir,
             disks,
+            builder: self,
         };
         vm.wait_for_greeting(Duration::from_secs(10)).await?;
         Ok(vm)
@@ -208,6 +209,7 @@ pub struct QemuVm {
     child: Option<Child>,
     dir: TempDir,
     disks: Vec<PathBuf>,
+    builder: VmBuilder,
 }
 
 impl QemuVm {
@@ -291,6 +293,33 @@ impl QemuVm {
                 Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
             }
         }
+    }
+
+    /// Stops QEMU — cleanly (`quit`: images closed, persistent bitmaps stored) or not
+    /// (SIGKILL) — and starts it again on the same disks; the guest boots afresh.
+    ///
+    /// # Errors
+    /// QEMU did not stop within 30 s, or did not start again.
+    pub async fn restart(&mut self, clean: bool) -> Result<()> {
+        if clean {
+            let qmp = self.qmp().await?;
+            let _ = qmp.execute(&qmp::commands::Quit).await;
+            let start = Instant::now();
+            while let Some(child) = self.child.as_mut() {
+                if child.try_wait()?.is_some() {
+                    self.child = None;
+                    break;
+                }
+                if start.elapsed() > Duration::from_secs(30) {
+                    return Err(Error::Config("QEMU did not quit within 30 s".into()));
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        self.kill();
+        let image = GuestImage::locate()?;
+        self.child = Some(self.builder.spawn(&image, self.dir.path(), &self.disks)?);
+        self.wait_for_greeting(Duration::from_secs(10)).await
     }
 
     /// Kills QEMU now.

@@ -122,6 +122,9 @@ mod tests {
              "granularity": 65536}]);
         let b: Vec<DirtyBitmapInfo> = serde_json::from_value(v).unwrap();
         assert!(b[0].inconsistent && !b[0].recording);
-        assert_eq!((b[1].name(), b[1].count, b[1].inconsistent), ("b2", 131072, false));
+        assert_eq!(
+            (b[1].name(), b[1].count, b[1].inconsistent),
+            ("b2", 131072, false)
+        );
     }
 }

@@ -70,7 +70,13 @@ fn path_str(p: &Path) -> Result<&str> {
 /// The image's backing chain, top first (`-U`: safe on images QEMU has open).
 pub(crate) fn chain(image: &Path, format: &str) -> Result<Vec<ChainImage>> {
     let out = qemu_img(&[
-        "info", "-U", "--backing-chain", "--output=json", "-f", format, path_str(image)?,
+        "info",
+        "-U",
+        "--backing-chain",
+        "--output=json",
+        "-f",
+        format,
+        path_str(image)?,
     ])?;
     // One image is an object, a chain an array.
     serde_json::from_slice::<Vec<ChainImage>>(&out)
@@ -196,7 +202,13 @@ pub(crate) fn check(image: &Path) -> Result<()> {
 /// `qemu-img convert` of `image` (and its chain) into the existing, empty file `to`.
 pub(crate) fn convert(image: &Path, to: &Path, out_format: &str) -> Result<()> {
     qemu_img(&[
-        "convert", "-f", "qcow2", "-O", out_format, path_str(image)?, path_str(to)?,
+        "convert",
+        "-f",
+        "qcow2",
+        "-O",
+        out_format,
+        path_str(image)?,
+        path_str(to)?,
     ])
     .map(drop)
 }
@@ -246,7 +258,11 @@ mod tests {
         assert_eq!(got.sha256, hex(&Sha256::digest(&expected)));
         assert_ne!(hash(&base, "qcow2").unwrap().sha256, got.sha256);
         check(&top).unwrap();
-        let names: Vec<_> = chain(&top, "qcow2").unwrap().into_iter().map(|c| c.filename).collect();
+        let names: Vec<_> = chain(&top, "qcow2")
+            .unwrap()
+            .into_iter()
+            .map(|c| c.filename)
+            .collect();
         assert_eq!(names.len(), 2);
     }
 }

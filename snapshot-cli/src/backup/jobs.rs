@@ -50,13 +50,20 @@ pub(crate) async fn follow(
             current: mine.iter().map(|j| j.current_progress).sum(),
             total: mine.iter().map(|j| j.total_progress).sum(),
         });
-        let vanished: Vec<_> = ids.iter().filter(|id| !mine.iter().any(|j| j.id == **id)).collect();
+        let vanished: Vec<_> = ids
+            .iter()
+            .filter(|id| !mine.iter().any(|j| j.id == **id))
+            .collect();
         let all_done = mine.iter().all(|j| j.status == "concluded");
         if all_done {
             ended.failed = mine
                 .iter()
                 .filter_map(|j| Some((j.id.clone(), j.error.clone()?)))
-                .chain(vanished.iter().map(|id| ((*id).clone(), "the job vanished".into())))
+                .chain(
+                    vanished
+                        .iter()
+                        .map(|id| ((*id).clone(), "the job vanished".into())),
+                )
                 .collect();
             return Ok(ended);
         }

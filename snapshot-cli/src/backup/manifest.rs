@@ -272,14 +272,18 @@ pub fn chain(all: &[Manifest], id: &str) -> Result<Vec<Manifest>> {
             )));
         }
         if chain.iter().any(|c: &Manifest| c.id == m.id) || chain.len() > 10_000 {
-            return Err(Error::Invalid(format!("backup {id}: its parents form a loop")));
+            return Err(Error::Invalid(format!(
+                "backup {id}: its parents form a loop"
+            )));
         }
         next = m.parent.clone();
         chain.push(m.clone());
     }
     chain.reverse();
     if chain.first().is_some_and(|m| m.kind != Kind::Full) {
-        return Err(Error::Invalid(format!("the chain of {id} does not start with a full backup")));
+        return Err(Error::Invalid(format!(
+            "the chain of {id} does not start with a full backup"
+        )));
     }
     Ok(chain)
 }
@@ -300,7 +304,11 @@ mod tests {
             format: FORMAT.into(),
             id: id.into(),
             state,
-            kind: if parent.is_some() { Kind::Incremental } else { Kind::Full },
+            kind: if parent.is_some() {
+                Kind::Incremental
+            } else {
+                Kind::Full
+            },
             parent: parent.map(Into::into),
             full_reason: None,
             vm: Vm {
@@ -363,7 +371,11 @@ mod tests {
             sample("ab", Some("a"), State::Complete),
             sample("abc", Some("ab"), State::InProgress),
         ];
-        let ids: Vec<_> = chain(&all, "ab").unwrap().into_iter().map(|m| m.id).collect();
+        let ids: Vec<_> = chain(&all, "ab")
+            .unwrap()
+            .into_iter()
+            .map(|m| m.id)
+            .collect();
         assert_eq!(ids, ["a", "ab"]);
         assert!(chain(&all, "abc").is_err());
         assert!(chain(&all[1..], "ab").is_err());

@@ -39,8 +39,6 @@ pub(crate) struct BackupPlan {
     pub(crate) full_reason: Option<String>,
     pub(crate) vm: Vm,
     pub(crate) disks: Vec<DiskBackup>,
-    /// In-progress manifests of runs that died (their leftovers are reaped).
-    pub(crate) dead: Vec<Manifest>,
     /// The copy's rate limit per disk, bytes per second.
     pub(crate) speed: Option<u64>,
     /// Every bitmap a manifest in the directory names (retired once this backup is
@@ -50,8 +48,14 @@ pub(crate) struct BackupPlan {
 
 /// The VM's identity, from QMP.
 pub(crate) async fn identity(qmp: &qmp::Client, socket: &Path) -> Result<Vm> {
-    let name = qmp.execute(&QueryName).await.map_err(Error::qmp("query-name"))?;
-    let uuid = qmp.execute(&QueryUuid).await.map_err(Error::qmp("query-uuid"))?;
+    let name = qmp
+        .execute(&QueryName)
+        .await
+        .map_err(Error::qmp("query-name"))?;
+    let uuid = qmp
+        .execute(&QueryUuid)
+        .await
+        .map_err(Error::qmp("query-uuid"))?;
     Ok(Vm {
         name: name.name.filter(|n| !n.is_empty()),
         uuid: uuid.uuid,
@@ -94,16 +98,22 @@ pub(crate) struct Inputs<'a> {
     pub(crate) tag: &'a str,
 }
 
-/// Decides full or incremental and lays out the targets.
-pub(crate) fn decide(i: &Inputs<'_>) -> Result<BackupPlan> {
-    if let Some(other) = i.all.iter().find(|m| !m.vm.same(i.vm)) {
-        return Err(Error::Invalid(format!(
+/// A directory holds one VM's backups.
+pub(crate) fn same_vm(dir: &Path, all: &[Manifest], vm: &Vm) -> Result<()> {
+    match all.iter().find(|m| !m.vm.same(vm)) {
+        Some(other) => Err(Error::Invalid(format!(
             "{} holds backups of another VM ({}, backup {}); use one backup directory per VM",
-            i.dir.display(),
+            dir.display(),
             other.vm.name.as_deref().unwrap_or(&other.vm.qmp_socket),
             other.id
-        )));
+        ))),
+        None => Ok(()),
     }
+}
+
+/// Decides full or incremental and lays out the targets.
+pub(crate) fn decide(i: &Inputs<'_>) -> Result<BackupPlan> {
+    same_vm(i.dir, i.all, i.vm)?;
     let id = new_id(i.tag);
     let parent = manifest::latest(i.all, i.vm);
     let (parent, full_reason) = match (i.incremental, parent) {
@@ -125,16 +135,14 @@ pub(crate) fn decide(i: &Inputs<'_>) -> Result<BackupPlan> {
         disks.push(disk_backup(i, b, n, &id, parent)?);
     }
     Ok(BackupPlan {
-        kind: if parent.is_some() { Kind::Incremental } else { Kind::Full },
+        kind: if parent.is_some() {
+            Kind::Incremental
+        } else {
+            Kind::Full
+        },
         parent: parent.map(|p| p.id.clone()),
         full_reason,
         vm: i.vm.clone(),
-        dead: i
-            .all
-            .iter()
-            .filter(|m| m.state == State::InProgress)
-            .cloned()
-            .collect(),
         known_bitmaps: i
             .all
             .iter()
@@ -161,7 +169,10 @@ fn incremental_blocker(i: &Inputs<'_>, parent: &Manifest) -> Option<String> {
             return Some("a disk has no stable name".into());
         };
         let Some(pd) = parent.disk(&name) else {
-            return Some(format!("disk {name} is not in the last backup ({})", parent.id));
+            return Some(format!(
+                "disk {name} is not in the last backup ({})",
+                parent.id
+            ));
         };
         let inserted = b.inserted.as_ref()?;
         if inserted.image.virtual_size != pd.virtual_size {
@@ -170,11 +181,14 @@ fn incremental_blocker(i: &Inputs<'_>, parent: &Manifest) -> Option<String> {
         if !i.dir.join(&pd.image).exists() {
             return Some(format!("the last backup's image {} is missing", pd.image));
         }
-        let found = inserted.dirty_bitmaps.iter().find(|x| x.name() == pd.bitmap);
+        let found = inserted
+            .dirty_bitmaps
+            .iter()
+            .find(|x| x.name() == pd.bitmap);
         match found {
             None => {
                 return Some(format!(
-                    "disk {name} has no bitmap {} (it records the changes since the last backup; it is lost when an image is replaced outside qsnap)",
+                    "disk {name} has no bitmap {} (it records the changes since the last backup): QEMU stores a new bitmap in the image only when it closes it, so QEMU was killed since that backup, or the image was replaced outside qsnap",
                     pd.bitmap
                 ));
             }
@@ -213,9 +227,20 @@ fn disk_backup(
             "disk {disk} has no node-name; start QEMU with -blockdev ...,node-name=NAME"
         ))
     })?;
+    if node.starts_with('#') {
+        return Err(Error::Invalid(format!(
+            "disk {disk}'s active node is {node}, one QEMU added itself (a block job, e.g. another backup, is running on it); wait for it to finish"
+        )));
+    }
     let safe: String = disk
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '_' | '-') { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '_' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     let image = format!("{id}.{safe}.qcow2");
     let pd = parent.and_then(|p| p.disk(&disk));
@@ -263,7 +288,11 @@ impl BackupPlan {
                     job_id: d.job.clone(),
                     device: d.node.clone(),
                     target: d.target.node.clone(),
-                    sync: if d.from.is_some() { BackupSync::Bitmap } else { BackupSync::Full },
+                    sync: if d.from.is_some() {
+                        BackupSync::Bitmap
+                    } else {
+                        BackupSync::Full
+                    },
                     bitmap: d.from.as_ref().map(|f| f.name.clone()),
                     bitmap_mode: d.from.as_ref().map(|_| BitmapSyncMode::Never),
                     speed: self.speed,

@@ -160,15 +160,23 @@ fn verify_image(dir: &Path, chain: &[Manifest], disk: &str) -> Result<()> {
     content::check(&top)?;
     let found = content::chain(&top, "qcow2")?;
     let canon = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_owned());
-    let found_paths: Vec<PathBuf> = found.iter().map(|c| canon(Path::new(&c.filename))).collect();
+    let found_paths: Vec<PathBuf> = found
+        .iter()
+        .map(|c| canon(Path::new(&c.filename)))
+        .collect();
     let want: Vec<PathBuf> = expected.iter().rev().map(|p| canon(p)).collect();
     if found_paths != want {
         return Err(Error::Invalid(format!(
             "its backing chain is {found_paths:?}, the manifests say {want:?}"
         )));
     }
-    if found.iter().any(|c| c.format != "qcow2" || c.virtual_size != d.virtual_size) {
-        return Err(Error::Invalid("a chain member has another format or size".into()));
+    if found
+        .iter()
+        .any(|c| c.format != "qcow2" || c.virtual_size != d.virtual_size)
+    {
+        return Err(Error::Invalid(
+            "a chain member has another format or size".into(),
+        ));
     }
     let got = content::hash(&top, "qcow2")?;
     match &d.sha256 {

@@ -44,14 +44,15 @@ pub async fn backup(
 
     // Prepare, outside the freeze.
     let t = Instant::now();
-    reap_dead(&run.qmp, dir, &run.plan.dead, &mut run.warnings).await;
     let prepared = Prepared::new(run.qmp.clone());
     let targets: Vec<_> = run.plan.disks.iter().map(|d| d.target.clone()).collect();
     let prep = interruptible(cancel, prepared.prepare_all(&targets)).await;
     if let Err(e) = prep.and_then(|r| r) {
         return Err(after_rollback(e, prepared.rollback().await));
     }
-    let mut manifest = run.plan.manifest(&run.qmp.greeting().version.qemu.to_string());
+    let mut manifest = run
+        .plan
+        .manifest(&run.qmp.greeting().version.qemu.to_string());
     if let Err(e) = manifest.create(dir) {
         return Err(after_rollback(e, prepared.rollback().await));
     }
@@ -63,8 +64,16 @@ pub async fn backup(
     // Freeze → one transaction → thaw.
     let tx = run.plan.transaction();
     let agent = run.agent.as_ref();
-    let switch = coordinator::switch(&req.vm, &run.qmp, agent, &tx, &mut run.warnings, &lock, cancel)
-        .await;
+    let switch = coordinator::switch(
+        &req.vm,
+        &run.qmp,
+        agent,
+        &tx,
+        &mut run.warnings,
+        &lock,
+        cancel,
+    )
+    .await;
     let instant = SystemTime::now();
     let mut switch = match switch {
         Ok(s) => s,
@@ -197,14 +206,26 @@ impl Run {
         let qmp = interruptible(cancel, connect)
             .await?
             .map_err(Error::qmp("connecting"))?;
+        let vm = plan::identity(&qmp, &req.vm.qmp).await?;
+        let all = manifest::load_all(&req.target)?;
+        plan::same_vm(&req.target, &all, &vm)?;
+        // Before reading the disks: a dead run's job still running keeps its
+        // copy-before-write filter on top of the disk.
+        let mut warnings = Vec::new();
+        let dead: Vec<_> = all
+            .iter()
+            .filter(|m| m.state == State::InProgress)
+            .collect();
+        if !dead.is_empty() {
+            reap_dead(&qmp, &req.target, &dead, &mut warnings).await;
+        }
+        let all = manifest::load_all(&req.target)?;
         let blocks = qmp
             .execute(&QueryBlock)
             .await
             .map_err(Error::qmp("query-block"))?;
         let wanted = crate::disks::resolve_names(&qmp, &blocks, &req.vm.disks).await?;
         let chosen = crate::plan::chosen(&blocks, &wanted)?;
-        let vm = plan::identity(&qmp, &req.vm.qmp).await?;
-        let all = manifest::load_all(&req.target)?;
         let tag = coordinator::node_tag();
         let plan = plan::decide(&Inputs {
             dir: &req.target,
@@ -215,7 +236,6 @@ impl Run {
             speed: req.speed,
             tag: &tag,
         })?;
-        let mut warnings = Vec::new();
         if let Some(reason) = &plan.full_reason {
             warn!("making a full backup: {reason}");
             warnings.push(format!("full backup: {reason}"));
@@ -279,7 +299,12 @@ impl Run {
 
     /// Started, but not verifiably while frozen: undone under `required` (and on
     /// interrupt), kept as crash-consistent (exit 6) otherwise.
-    fn late(&mut self, req: &BackupRequest, reason: String, interrupted: bool) -> Result<Consistency> {
+    fn late(
+        &mut self,
+        req: &BackupRequest,
+        reason: String,
+        interrupted: bool,
+    ) -> Result<Consistency> {
         warn!("{reason}");
         let setback = Setback::SwitchNotVerified { interrupted };
         if policy::decide(req.vm.quiesce, setback) == Action::CrashConsistent {
@@ -337,9 +362,17 @@ impl Run {
             return error;
         }
         match error {
-            Error::ThawUnconfirmed { qga, source, left: mut l } => {
+            Error::ThawUnconfirmed {
+                qga,
+                source,
+                left: mut l,
+            } => {
                 l.extend(left);
-                Error::ThawUnconfirmed { qga, source, left: l }
+                Error::ThawUnconfirmed {
+                    qga,
+                    source,
+                    left: l,
+                }
             }
             other => Error::CleanupIncomplete {
                 failure: other.failure(),
@@ -375,7 +408,10 @@ impl Run {
 
 /// Removes, in one transaction, every bitmap on a disk's active node whose name
 /// `pick` accepts (busy ones excepted). Returns their names.
-async fn remove_bitmaps(qmp: &qmp::Client, pick: impl Fn(&str) -> bool) -> qmp::Result<Vec<String>> {
+async fn remove_bitmaps(
+    qmp: &qmp::Client,
+    pick: impl Fn(&str) -> bool,
+) -> qmp::Result<Vec<String>> {
     let blocks = qmp.execute(&QueryBlock).await?;
     let mut actions = Vec::new();
     let mut names = Vec::new();
@@ -384,10 +420,12 @@ async fn remove_bitmaps(qmp: &qmp::Client, pick: impl Fn(&str) -> bool) -> qmp::
         let Some(node) = &i.node_name else { continue };
         for bm in i.dirty_bitmaps.iter().filter(|x| pick(x.name()) && !x.busy) {
             names.push(bm.name().to_owned());
-            actions.push(TransactionAction::BlockDirtyBitmapRemove(BlockDirtyBitmapRemove {
-                node: node.clone(),
-                name: bm.name().to_owned(),
-            }));
+            actions.push(TransactionAction::BlockDirtyBitmapRemove(
+                BlockDirtyBitmapRemove {
+                    node: node.clone(),
+                    name: bm.name().to_owned(),
+                },
+            ));
         }
     }
     if !actions.is_empty() {
@@ -400,9 +438,12 @@ async fn remove_bitmaps(qmp: &qmp::Client, pick: impl Fn(&str) -> bool) -> qmp::
 /// `in-progress`; the VM lock proves they are gone): cancels and dismisses their jobs,
 /// deletes their target nodes, drops their new bitmaps, marks them `failed`. Their
 /// image files stay, named in the manifest, for the user to delete.
-async fn reap_dead(qmp: &qmp::Client, dir: &Path, dead: &[Manifest], warnings: &mut Vec<String>) {
+async fn reap_dead(qmp: &qmp::Client, dir: &Path, dead: &[&Manifest], warnings: &mut Vec<String>) {
     for m in dead {
-        warn!(id = m.id, "an earlier backup run died; cleaning up after it");
+        warn!(
+            id = m.id,
+            "an earlier backup run died; cleaning up after it"
+        );
         for d in &m.disks {
             let _ = qmp.execute(&JobCancel { id: d.job.clone() }).await;
         }
@@ -435,7 +476,7 @@ async fn reap_dead(qmp: &qmp::Client, dir: &Path, dead: &[Manifest], warnings: &
         if let Err(e) = remove_bitmaps(qmp, |n| names.contains(&n)).await {
             warn!(error = %e, "bitmaps of the dead run not removed");
         }
-        let mut failed = m.clone();
+        let mut failed = (*m).clone();
         failed.state = State::Failed;
         if let Err(e) = failed.update(dir) {
             warn!(error = %e, "cannot mark the dead run failed");

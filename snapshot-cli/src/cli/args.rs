@@ -239,7 +239,11 @@ pub(crate) fn parse_bytes(s: &str) -> Result<u64, String> {
         "K" | "k" => 10,
         "M" | "m" => 20,
         "G" | "g" => 30,
-        _ => return Err(format!("{s:?}: use a number of bytes, e.g. 1048576, 512K, 50M")),
+        _ => {
+            return Err(format!(
+                "{s:?}: use a number of bytes, e.g. 1048576, 512K, 50M"
+            ));
+        }
     };
     digits
         .parse::<u64>()
@@ -277,6 +281,8 @@ mod tests {
         assert_eq!(parse_bytes("4096"), Ok(4096));
         assert_eq!(parse_bytes("512K"), Ok(512 << 10));
         assert_eq!(parse_bytes("50M"), Ok(50 << 20));
-        assert!(parse_bytes("0").is_err() && parse_bytes("5T").is_err() && parse_bytes("M").is_err());
+        assert!(
+            parse_bytes("0").is_err() && parse_bytes("5T").is_err() && parse_bytes("M").is_err()
+        );
     }
 }

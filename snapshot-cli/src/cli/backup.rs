@@ -24,7 +24,8 @@ pub(crate) async fn run(g: &Global, args: BackupArgs, cancel: &CancellationToken
     };
     let bar = (std::io::stderr().is_terminal() && !g.json && !g.quiet).then(|| {
         let bar = ProgressBar::new(0);
-        if let Ok(style) = ProgressStyle::with_template("{msg} [{bar:40}] {bytes}/{total_bytes} {eta}")
+        if let Ok(style) =
+            ProgressStyle::with_template("{msg} [{bar:40}] {bytes}/{total_bytes} {eta}")
         {
             bar.set_style(style.progress_chars("=> "));
         }

@@ -9,6 +9,7 @@
     reason = "test code"
 )]
 
+mod backup;
 mod cli;
 mod exits;
 mod fake;

@@ -44,7 +44,8 @@ impl Args {
         })
     }
 
-    fn full(&self, key: &str) -> String {
+    /// A member's full name, as errors spell it.
+    pub(super) fn full(&self, key: &str) -> String {
         if self.prefix.is_empty() {
             key.to_owned()
         } else {

@@ -1,86 +1,21 @@
 //! The simulated block graph: file and qcow2 nodes, backing chains, devices, and the
 //! image files on disk, with the refusals QEMU makes.
 //!
-//! A qcow2 image's metadata lives in the file itself (a small fake header), so what
-//! QEMU does to files shows up in the graph: truncate an image with `blockdev-create`
-//! and a later `blockdev-add` of it fails as on a real QEMU.
+//! A qcow2 image's metadata lives in the file itself (`super::image`), so what QEMU
+//! does to files shows up in the graph: truncate an image with `blockdev-create` and a
+//! later `blockdev-add` of it fails as on a real QEMU. Each node also holds its dirty
+//! bitmaps and the clusters the guest wrote into it (`super::bitmap`).
 
 use super::args::{QmpErr, QmpResult, generic};
-use serde_json::{Value, json};
-use std::io::Write as _;
-use std::path::{Path, PathBuf};
+use super::bitmap::Bitmap;
+use super::chunks::Chunks;
+use super::image::ImageMeta;
+use std::path::Path;
 
 /// The guest-visible size of each simulated disk.
 pub(super) const DISK_SIZE: u64 = 64 << 20;
 /// The qcow2 cluster size of each simulated disk.
 pub(super) const CLUSTER_SIZE: u64 = 65536;
-const MAGIC: &[u8] = b"QFI\xfb";
-
-/// What a qcow2 header records.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct ImageMeta {
-    pub(super) virtual_size: u64,
-    pub(super) cluster_size: u64,
-    pub(super) backing_file: Option<String>,
-    pub(super) backing_fmt: Option<String>,
-}
-
-impl ImageMeta {
-    /// Replaces `path`'s contents with a fake qcow2 header.
-    pub(super) fn write(&self, path: &Path) -> std::io::Result<()> {
-        let header = json!({"virtual-size": self.virtual_size, "cluster-size": self.cluster_size,
-            "backing-file": self.backing_file, "backing-fmt": self.backing_fmt});
-        let mut f = std::fs::File::create(path)?;
-        f.write_all(MAGIC)?;
-        f.write_all(header.to_string().as_bytes())?;
-        f.write_all(b"\n")
-    }
-
-    /// Reads the header of `path`, `None` when it is not a (simulated) qcow2 image.
-    pub(super) fn read(path: &Path) -> Option<ImageMeta> {
-        let bytes = std::fs::read(path).ok()?;
-        let v: Value = serde_json::from_slice(bytes.strip_prefix(MAGIC)?).ok()?;
-        let text = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
-        Some(ImageMeta {
-            virtual_size: v.get("virtual-size")?.as_u64()?,
-            cluster_size: v.get("cluster-size")?.as_u64()?,
-            backing_file: text("backing-file"),
-            backing_fmt: text("backing-fmt"),
-        })
-    }
-}
-
-/// Files QEMU created, and existing non-empty files it truncated or overwrote.
-#[derive(Debug, Default, Clone)]
-pub(super) struct FileLog {
-    pub(super) created: Vec<PathBuf>,
-    pub(super) clobbered: Vec<PathBuf>,
-}
-
-impl FileLog {
-    /// Creates or truncates `path` to `size` bytes, or writes `meta` as its header.
-    pub(super) fn write(
-        &mut self,
-        path: &Path,
-        size: u64,
-        meta: Option<&ImageMeta>,
-    ) -> QmpResult<()> {
-        let before = std::fs::metadata(path).ok().map(|m| m.len());
-        let io = |e: std::io::Error| generic(format!("Could not create '{}': {e}", path.display()));
-        match meta {
-            Some(m) => m.write(path).map_err(io)?,
-            None => std::fs::File::create(path)
-                .and_then(|f| f.set_len(size))
-                .map_err(io)?,
-        }
-        match before {
-            None => self.created.push(path.to_owned()),
-            Some(len) if len > 0 => self.clobbered.push(path.to_owned()),
-            Some(_) => {}
-        }
-        Ok(())
-    }
-}
 
 /// A node's driver and its links.
 #[derive(Debug, Clone)]
@@ -102,6 +37,10 @@ pub(super) struct Node {
     pub(super) kind: Kind,
     /// Added by `-blockdev` or `blockdev-add` (the monitor holds it), not implicitly.
     pub(super) owned: bool,
+    /// Its dirty bitmaps, newest first (QEMU's list order).
+    pub(super) bitmaps: Vec<Bitmap>,
+    /// The clusters written into it since the simulation started.
+    pub(super) written: Chunks,
 }
 
 /// Who uses a node.
@@ -125,6 +64,8 @@ pub(super) struct Graph {
     pub(super) nodes: Vec<Node>,
     pub(super) devices: Vec<Device>,
     implicit: u64,
+    /// The last bitmap id handed out.
+    pub(super) bitmap_ids: u64,
 }
 
 /// QEMU's answer to a reference to a node that does not exist.
@@ -146,7 +87,7 @@ impl Graph {
                 backing_file: None,
                 backing_fmt: None,
             };
-            meta.write(&path)?;
+            meta.write_fake(&path)?;
             let filename = path.to_string_lossy().into_owned();
             g.push(format!("file{i}"), Kind::File { filename }, true);
             g.push(
@@ -167,7 +108,17 @@ impl Graph {
     }
 
     pub(super) fn push(&mut self, name: String, kind: Kind, owned: bool) {
-        self.nodes.push(Node { name, kind, owned });
+        let written = match &kind {
+            Kind::Qcow2 { meta, .. } => Chunks::new(meta.cluster_size, meta.virtual_size),
+            Kind::File { .. } => Chunks::new(CLUSTER_SIZE, u64::MAX),
+        };
+        self.nodes.push(Node {
+            name,
+            kind,
+            owned,
+            bitmaps: Vec::new(),
+            written,
+        });
     }
 
     /// A fresh name for an implicitly created node.
@@ -298,10 +249,12 @@ impl Graph {
         Ok(())
     }
 
-    /// Drops `top` .. `base` (exclusive) from the chain that holds them: the device or
-    /// the node above `top` now uses `base`. Nodes the monitor holds stay (keeping their
-    /// own backing link); implicit ones go.
+    /// Copies `top` .. `base` (exclusive) into `base` ([`Graph::copy_down`]), then drops
+    /// them from the chain that holds them: the device or the node above `top` now uses
+    /// `base`. Nodes the monitor holds stay (keeping their own backing link and bitmaps);
+    /// implicit ones go.
     pub(super) fn commit(&mut self, top: &str, base: &str) {
+        self.copy_down(top, base);
         let removed: Vec<String> = self
             .chain(top)
             .into_iter()

@@ -50,7 +50,7 @@ impl Graph {
         Value::Object(info)
     }
 
-    /// `BlockDeviceInfo` of a node.
+    /// `BlockDeviceInfo` of a node, with its `dirty-bitmaps` when it has any.
     pub(super) fn device_info(&self, name: &str, flat: bool) -> Value {
         let (drv, backing_file) = match self.node(name).map(|n| &n.kind) {
             Some(Kind::Qcow2 { backing, meta, .. }) => (
@@ -67,8 +67,13 @@ impl Graph {
             "write_threshold": 0, "active": true,
             "cache": {"writeback": true, "direct": false, "no-flush": false},
             "image": self.image_info(name, flat)});
-        if let (Some(b), Some(obj)) = (backing_file, info.as_object_mut()) {
-            obj.insert("backing_file".into(), json!(b));
+        if let Some(obj) = info.as_object_mut() {
+            if let Some(b) = backing_file {
+                obj.insert("backing_file".into(), json!(b));
+            }
+            if let Some(bitmaps) = self.dirty_info(name) {
+                obj.insert("dirty-bitmaps".into(), bitmaps);
+            }
         }
         info
     }

@@ -1,10 +1,13 @@
-//! Simulated QEMU jobs (`qapi/job.json`): `create` jobs from `blockdev-create` and
-//! `commit` jobs from `block-commit`, with their status machine and events.
+//! Simulated QEMU jobs (`qapi/job.json`): `create` jobs from `blockdev-create`,
+//! `commit` jobs from `block-commit` and `backup` jobs from `blockdev-backup`, with
+//! their status machine, events and transaction groups (`completion-mode: grouped`).
 
 use super::args::{QmpErr, QmpResult, generic};
-use super::graph::{FileLog, Graph, ImageMeta, Kind, Parent, not_found};
-use serde_json::{Value, json};
-use std::path::Path;
+use super::backup::BackupWork;
+use super::graph::Graph;
+use super::image::{FileLog, ImageMeta};
+use super::job_steps::{abort, advance, finalize, status, to_pending, to_waiting};
+use serde_json::Value;
 use std::time::{Duration, Instant};
 
 /// One job as `query-jobs` shows it.
@@ -12,7 +15,7 @@ use std::time::{Duration, Instant};
 pub struct SimJob {
     /// The job id.
     pub id: String,
-    /// `create` or `commit`.
+    /// `create`, `commit` or `backup`.
     pub kind: String,
     /// QEMU's status: `created`, `running`, `ready`, `waiting`, `pending`, `aborting`,
     /// `concluded`.
@@ -41,46 +44,91 @@ pub(super) enum Work {
         base: String,
         active: bool,
     },
+    Backup(BackupWork),
+}
+
+impl Work {
+    fn kind(&self) -> &'static str {
+        match self {
+            Work::CreateFile { .. } | Work::CreateQcow2 { .. } => "create",
+            Work::Commit { .. } => "commit",
+            Work::Backup(_) => "backup",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
+pub(super) enum Phase {
     Running,
     Ready,
     Completing,
     Cancelling,
+    /// Work done, waiting for the rest of its group.
+    Waiting,
+    /// Waiting for `job-finalize`.
+    Pending,
     Done,
 }
 
-#[derive(Debug)]
-struct Job {
-    info: SimJob,
-    work: Work,
-    phase: Phase,
-    auto_dismiss: bool,
-    fail_at: Option<u64>,
+/// How a job ends, as `auto-dismiss`, `auto-finalize` and its transaction set it.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct JobOpts {
+    pub(super) auto_dismiss: bool,
+    pub(super) auto_finalize: bool,
+    /// The grouped transaction that started it: one failure cancels the others, and
+    /// none leaves `waiting` before all are there.
+    pub(super) group: Option<u64>,
+}
+
+#[derive(Debug, Clone)]
+pub(super) struct Job {
+    pub(super) info: SimJob,
+    pub(super) work: Work,
+    pub(super) phase: Phase,
+    pub(super) auto_dismiss: bool,
+    pub(super) auto_finalize: bool,
+    group: Option<u64>,
+    pub(super) fail_at: Option<u64>,
     /// Nodes the job blocks until it is dismissed.
     nodes: Vec<String>,
-    last: Instant,
+    pub(super) last: Instant,
+}
+
+impl Job {
+    fn with(&self, other: &Job) -> bool {
+        self.info.id == other.info.id || (self.group.is_some() && self.group == other.group)
+    }
+
+    /// Moves by itself (a `sync: none` backup waits for its cancel).
+    fn moves(&self) -> bool {
+        self.phase == Phase::Running && !matches!(&self.work, Work::Backup(b) if b.endless)
+    }
 }
 
 /// Events produced while changing jobs: `(name, data)`.
 pub(super) type Events = Vec<(&'static str, Value)>;
 
-/// Every job not yet dismissed, and the job knobs.
-#[derive(Debug, Default)]
+/// Every job not yet dismissed, and the job knobs. Cloned to try a `transaction`.
+#[derive(Debug, Default, Clone)]
 pub(super) struct Jobs {
     list: Vec<Job>,
-    /// Commit speed in bytes per millisecond; `None` finishes at the first tick.
+    /// Commit and backup speed in bytes per millisecond; `None` finishes at once.
     pub(super) speed: Option<u64>,
     /// `(kind, at_progress)`: the next job of that kind fails there.
     pub(super) fail: Vec<(String, u64)>,
+    groups: u64,
 }
 
 impl Jobs {
     /// What `query-jobs` shows.
     pub(super) fn infos(&self) -> Vec<SimJob> {
         self.list.iter().map(|j| j.info.clone()).collect()
+    }
+
+    /// A new transaction group.
+    pub(super) fn new_group(&mut self) -> u64 {
+        self.groups += 1;
+        self.groups
     }
 
     /// QEMU's refusal to touch a node a job holds.
@@ -95,6 +143,11 @@ impl Jobs {
         )))
     }
 
+    /// Whether job `id` exists (dismissed jobs do not).
+    pub(super) fn exists(&self, id: &str) -> bool {
+        self.list.iter().any(|j| j.info.id == id)
+    }
+
     /// Starts a job: `created` then `running`.
     pub(super) fn start(
         &mut self,
@@ -102,17 +155,13 @@ impl Jobs {
         work: Work,
         total: u64,
         nodes: Vec<String>,
-        auto_dismiss: bool,
+        opts: JobOpts,
         ev: &mut Events,
     ) -> QmpResult<()> {
-        if self.list.iter().any(|j| j.info.id == id) {
+        if self.exists(&id) {
             return Err(generic(format!("Job ID '{id}' already in use")));
         }
-        let kind = if matches!(work, Work::Commit { .. }) {
-            "commit"
-        } else {
-            "create"
-        };
+        let kind = work.kind();
         let fail_at = self
             .fail
             .iter()
@@ -130,7 +179,9 @@ impl Jobs {
             info,
             work,
             phase: Phase::Running,
-            auto_dismiss,
+            auto_dismiss: opts.auto_dismiss,
+            auto_finalize: opts.auto_finalize,
+            group: opts.group,
             fail_at,
             nodes,
             last: Instant::now(),
@@ -156,12 +207,36 @@ impl Jobs {
         Ok(())
     }
 
-    /// `job-cancel`: before `ready` the job aborts; a `ready` mirror (active commit)
+    /// `job-cancel`: the job aborts at the next tick; a `ready` mirror (active commit)
     /// completes without pivoting, as QEMU does for a soft cancel.
     pub(super) fn cancel(&mut self, id: &str) -> QmpResult<()> {
         let job = self.find(id)?;
-        verb(job, "cancel", &["created", "running", "ready"])?;
+        verb(
+            job,
+            "cancel",
+            &["created", "running", "ready", "waiting", "pending"],
+        )?;
         job.phase = Phase::Cancelling;
+        Ok(())
+    }
+
+    /// `job-finalize`: a `pending` job and the rest of its group conclude.
+    pub(super) fn finalize(
+        &mut self,
+        id: &str,
+        graph: &mut Graph,
+        ev: &mut Events,
+    ) -> QmpResult<()> {
+        let job = self.find(id)?;
+        verb(job, "finalize", &["pending"])?;
+        let job = job.clone();
+        for j in self.list.iter_mut().filter(|j| j.with(&job)) {
+            if j.phase == Phase::Pending {
+                finalize(j, graph, ev);
+            }
+        }
+        self.list
+            .retain(|j| !(j.phase == Phase::Done && j.auto_dismiss));
         Ok(())
     }
 
@@ -183,24 +258,65 @@ impl Jobs {
         ev: &mut Events,
     ) -> Option<Duration> {
         let speed = self.speed;
+        let mut failed_groups = Vec::new();
         for job in &mut self.list {
+            let was_done = job.phase == Phase::Done;
             match job.phase {
                 Phase::Running => advance(job, speed, now, graph, files, ev),
                 Phase::Completing => {
                     if let Work::Commit { top, base, .. } = &job.work {
                         graph.commit(top, base);
                     }
-                    succeed(job, ev);
+                    to_waiting(job, ev);
                 }
-                Phase::Cancelling if job.info.status == "ready" => succeed(job, ev),
-                Phase::Cancelling => fail(job, "Operation canceled", "BLOCK_JOB_CANCELLED", ev),
-                Phase::Ready | Phase::Done => {}
+                Phase::Cancelling if job.info.status == "ready" => to_waiting(job, ev),
+                Phase::Cancelling => {
+                    abort(job, graph, "Operation canceled", "BLOCK_JOB_CANCELLED", ev)
+                }
+                Phase::Ready | Phase::Waiting | Phase::Pending | Phase::Done => {}
+            }
+            if !was_done && job.phase == Phase::Done {
+                failed_groups.extend(job.group);
             }
         }
+        for job in &mut self.list {
+            if job.phase != Phase::Done && job.group.is_some_and(|g| failed_groups.contains(&g)) {
+                abort(job, graph, "Operation canceled", "BLOCK_JOB_CANCELLED", ev);
+            }
+        }
+        self.settle(graph, ev);
         self.list
             .retain(|j| !(j.phase == Phase::Done && j.auto_dismiss));
-        let moving = self.list.iter().any(|j| j.phase == Phase::Running);
+        let moving = self.list.iter().any(Job::moves);
         moving.then_some(Duration::from_millis(1))
+    }
+
+    /// Moves every group whose jobs all wait on to `pending`, and concludes it unless a
+    /// job awaits `job-finalize`.
+    fn settle(&mut self, graph: &mut Graph, ev: &mut Events) {
+        while let Some(first) = self.list.iter().find(|j| {
+            j.phase == Phase::Waiting
+                && self
+                    .list
+                    .iter()
+                    .filter(|o| o.with(j))
+                    .all(|o| o.phase == Phase::Waiting)
+        }) {
+            let first = first.clone();
+            let auto = self
+                .list
+                .iter()
+                .filter(|o| o.with(&first))
+                .all(|o| o.auto_finalize);
+            for j in self.list.iter_mut().filter(|j| j.with(&first)) {
+                to_pending(j, ev);
+            }
+            if auto {
+                for j in self.list.iter_mut().filter(|j| j.with(&first)) {
+                    finalize(j, graph, ev);
+                }
+            }
+        }
     }
 }
 
@@ -213,112 +329,4 @@ fn verb(job: &Job, verb: &str, allowed: &[&str]) -> QmpResult<()> {
         "Job '{}' in state '{st}' cannot accept command verb '{verb}'",
         job.info.id
     )))
-}
-
-fn status(job: &mut Job, s: &str, ev: &mut Events) {
-    job.info.status = s.to_owned();
-    ev.push(("JOB_STATUS_CHANGE", json!({"id": job.info.id, "status": s})));
-}
-
-fn block_event(job: &Job) -> Value {
-    json!({"type": job.info.kind, "device": job.info.id, "len": job.info.total_progress,
-        "offset": job.info.current_progress, "speed": 0})
-}
-
-fn advance(
-    job: &mut Job,
-    speed: Option<u64>,
-    now: Instant,
-    graph: &mut Graph,
-    files: &mut FileLog,
-    ev: &mut Events,
-) {
-    let ms = now.saturating_duration_since(job.last).as_millis().max(1) as u64;
-    job.last = now;
-    let total = job.info.total_progress;
-    let step = match (&job.work, speed) {
-        (Work::Commit { .. }, Some(s)) => s.saturating_mul(ms),
-        _ => total,
-    };
-    job.info.current_progress = total.min(job.info.current_progress.saturating_add(step));
-    if let Some(at) = job.fail_at.filter(|at| job.info.current_progress >= *at) {
-        job.info.current_progress = at.min(total);
-        return fail(job, "Input/output error", "BLOCK_JOB_COMPLETED", ev);
-    }
-    if job.info.current_progress < total {
-        return;
-    }
-    let done = match &job.work {
-        Work::Commit { active: true, .. } => {
-            job.phase = Phase::Ready;
-            status(job, "ready", ev);
-            ev.push(("BLOCK_JOB_READY", block_event(job)));
-            return;
-        }
-        Work::Commit { top, base, .. } => {
-            graph.commit(top, base);
-            Ok(())
-        }
-        Work::CreateFile { filename, size } => create_file(graph, files, filename, *size),
-        Work::CreateQcow2 { file, meta } => create_qcow2(graph, files, file, meta),
-    };
-    match done {
-        Ok(()) => succeed(job, ev),
-        Err(e) => fail(job, &e.desc, "BLOCK_JOB_COMPLETED", ev),
-    }
-}
-
-fn create_file(graph: &Graph, files: &mut FileLog, filename: &str, size: u64) -> QmpResult<()> {
-    if graph.file_open(filename) {
-        return Err(generic("Failed to get \"write\" lock"));
-    }
-    files.write(Path::new(filename), size, None)
-}
-
-fn create_qcow2(graph: &Graph, files: &mut FileLog, file: &str, meta: &ImageMeta) -> QmpResult<()> {
-    let Kind::File { filename } = &graph.node(file).ok_or_else(|| not_found(file))?.kind else {
-        return Err(generic(format!("sim: '{file}' is not a file node")));
-    };
-    if let Some(user) = graph.parents(file).into_iter().next() {
-        let user = match user {
-            Parent::File(p) => format!("node '{p}' (uses node '{file}' as 'file' child)"),
-            Parent::Backing(p) => format!("node '{p}' (uses node '{file}' as 'backing' child)"),
-            Parent::Device(d) => format!("block device '{d}'"),
-        };
-        let desc = format!(
-            "Permission conflict on node '{file}': permissions 'write, resize' are both required \
-             by an unnamed block device (uses node '{file}' as 'root' child) and unshared by {user}."
-        );
-        return Err(generic(desc));
-    }
-    files.write(Path::new(filename), 0, Some(meta))
-}
-
-fn succeed(job: &mut Job, ev: &mut Events) {
-    status(job, "waiting", ev);
-    status(job, "pending", ev);
-    conclude(job, None, "BLOCK_JOB_COMPLETED", ev);
-}
-
-fn fail(job: &mut Job, error: &str, event: &'static str, ev: &mut Events) {
-    status(job, "aborting", ev);
-    conclude(job, Some(error.to_owned()), event, ev);
-}
-
-fn conclude(job: &mut Job, error: Option<String>, event: &'static str, ev: &mut Events) {
-    job.info.error = error;
-    if job.info.kind == "commit" {
-        let mut data = block_event(job);
-        if let (Some(e), Some(obj)) = (&job.info.error, data.as_object_mut())
-            && event == "BLOCK_JOB_COMPLETED"
-        {
-            obj.insert("error".into(), json!(e));
-        }
-        ev.push((event, data));
-    }
-    status(job, "concluded", ev);
-    job.phase = Phase::Done;
-    if job.auto_dismiss {
-        status(job, "null", ev);
-    }
 }

@@ -61,57 +61,85 @@
 //! **The monitor** ([`SimMonitor`]) greets with QEMU 10.0.2's greeting, refuses commands
 //! before `qmp_capabilities` (`CommandNotFound`), echoes `id`, ends lines with `\r\n`
 //! and interleaves events (`JOB_STATUS_CHANGE` on every job transition,
-//! `BLOCK_JOB_READY`, `BLOCK_JOB_COMPLETED`, `BLOCK_JOB_CANCELLED`, `STOP`, `RESUME`,
-//! `SHUTDOWN`). Arguments are checked strictly ("Parameter 'x' is unexpected"). It
-//! serves a client's commands one at a time; a departed client's queued commands are
-//! dropped. The graph: `query-block` (`"device": ""`, the active node in `inserted`),
-//! `query-named-block-nodes`; `blockdev-create` jobs (`file` creates or TRUNCATES an
-//! unrelated file; `qcow2` writes a header with whatever size it is given);
-//! `blockdev-add` (a qcow2 image with a backing file needs `"backing": null`, else
-//! `Failed to get shared "write" lock`; duplicate node names refused); `blockdev-del`
-//! (refuses a node attached, used as backing or file, or held by a job); an atomic
-//! `transaction` of `blockdev-snapshot` (the node must not be a backing node, the
-//! overlay must exist, have no backing and be unused) and `blockdev-snapshot-sync`
-//! (overwrites an existing file, which stays even when the transaction fails);
-//! `block-commit` (active: `ready` then `job-complete` pivots; otherwise completes by
-//! itself), `query-jobs`, `job-complete`, `job-cancel`, `job-dismiss`; unique job ids
-//! among undismissed jobs; an undismissed commit job keeps its nodes busy.
+//! `BLOCK_JOB_READY`, `BLOCK_JOB_PENDING`, `BLOCK_JOB_COMPLETED`, `BLOCK_JOB_CANCELLED`,
+//! `STOP`, `RESUME`, `SHUTDOWN`). Arguments are checked strictly ("Parameter 'x' is
+//! unexpected"). It serves a client's commands one at a time; a departed client's
+//! queued commands are dropped. `query-name` (`sim`), `query-uuid` (all zeros). The
+//! graph: `query-block` (`"device": ""`, the active node in `inserted`),
+//! `query-named-block-nodes`, both with a node's `dirty-bitmaps` when it has any;
+//! `blockdev-create` jobs (`file` creates or TRUNCATES an unrelated file; `qcow2` runs
+//! `qemu-img create`, so the image is real); `blockdev-add` (a qcow2 image with a
+//! backing file needs `"backing": null`, else `Failed to get shared "write" lock`;
+//! duplicate node names refused); `blockdev-del` (refuses a node attached, used as
+//! backing or file, or held by a job); `blockdev-snapshot` (the node must not be a
+//! backing node, the overlay must exist, have no backing and be unused) and
+//! `blockdev-snapshot-sync` (overwrites an existing file, which stays even when the
+//! transaction fails); `block-dirty-bitmap-add`/`-remove`/`-merge`/`-clear`/`-enable`/
+//! `-disable` (newest first; guest writes, see [`SimMonitor::guest_write`], dirty the
+//! enabled bitmaps of the device's active node); `blockdev-backup` (`full`, `top`,
+//! `bitmap`, `incremental`, `none`; the sync bitmap is frozen behind an anonymous
+//! successor that records meanwhile, then handed over per `bitmap-mode`; the job holds
+//! its target); an atomic `transaction` of all of these (and `abort`), whose
+//! `completion-mode: grouped` accepts only backups, which then wait for each other and
+//! fail together; `block-commit` (active: `ready` then `job-complete` pivots; otherwise
+//! completes by itself; what the guest wrote into the committed nodes dirties the
+//! base's enabled bitmaps), `query-jobs`, `job-complete`, `job-cancel`,
+//! `job-finalize`, `job-dismiss`; unique job ids among undismissed jobs; an
+//! undismissed commit or backup job keeps its nodes busy.
 //! Knobs: [`SimMonitor::delay`] (effect now, reply later),
 //! [`delay_effect_and_reply`](SimMonitor::delay_effect_and_reply),
 //! [`fail_next`](SimMonitor::fail_next), [`disconnect_on`](SimMonitor::disconnect_on),
 //! [`fail_job`](SimMonitor::fail_job), [`set_job_speed`](SimMonitor::set_job_speed),
-//! [`pause`](SimMonitor::pause) (the monitor hangs).
+//! [`mark_bitmap_inconsistent`](SimMonitor::mark_bitmap_inconsistent),
+//! [`set_name`](SimMonitor::set_name), [`pause`](SimMonitor::pause) (the monitor hangs).
 //!
 //! # Limits
 //! Request lines are parsed line by line (qemu-ga's streaming JSON parser is not
-//! reproduced byte for byte); image files hold a fake header, not qcow2; a qcow2
-//! node's backing file is never opened implicitly; only `file` and `qcow2` drivers,
-//! `create` and `commit` jobs exist. Texts marked `sim:` are the simulator's own.
+//! reproduced byte for byte); the VM's disks and `blockdev-snapshot-sync` overlays hold
+//! a fake header, not qcow2; no job writes data into an image; a qcow2 node's backing
+//! file is never opened implicitly; only `file` and `qcow2` drivers, `create`, `commit`
+//! and `backup` jobs exist; no copy-before-write filter node appears; a `top` backup
+//! copies what the guest wrote into the node; persistent bitmaps are not stored in
+//! images (they go with their node); a failed transaction emits no events for the jobs
+//! it would have started. Texts marked `sim:` are the simulator's own.
 
 mod agent;
 mod agent_commands;
 mod agent_model;
 mod agent_worker;
 mod args;
+mod backup;
+mod bitmap;
+mod chunks;
 mod graph;
 mod graph_query;
+mod image;
+mod job_steps;
 mod jobs;
 mod monitor;
 mod monitor_conn;
+mod qmp_bitmaps;
 mod qmp_commands;
 mod qmp_graph;
+mod qmp_snapshot;
 mod server;
 #[cfg(test)]
 mod tests_agent;
+#[cfg(test)]
+mod tests_backup;
+#[cfg(test)]
+mod tests_bitmaps;
 #[cfg(test)]
 mod tests_graph;
 #[cfg(test)]
 mod tests_monitor;
 #[cfg(test)]
 mod tests_support;
+mod transaction;
 
 pub use agent::SimAgent;
 pub use agent_model::{SimAgentEvent, SimFsStatus};
+pub use bitmap::SimBitmap;
 pub use jobs::SimJob;
 pub use monitor::SimMonitor;
 

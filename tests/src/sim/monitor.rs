@@ -2,6 +2,7 @@
 
 use super::agent::SimAgent;
 use super::args::QmpErr;
+use super::bitmap::SimBitmap;
 use super::graph::Graph;
 use super::jobs::{Jobs, SimJob};
 use super::monitor_conn::{Faults, Shared, accept_loop, engine};
@@ -45,6 +46,7 @@ impl SimMonitor {
             client: None,
             log: Vec::new(),
             running: true,
+            name: Some("sim".into()),
             agent: None,
         };
         let shared = Arc::new(Shared {
@@ -113,15 +115,52 @@ impl SimMonitor {
         self.faults(|f| f.disconnect.push((command.to_owned(), before_effect)));
     }
 
-    /// The next job of `job_kind` (`create` or `commit`) concludes with an error
-    /// ("Input/output error") once its progress reaches `at_progress`.
+    /// The next job of `job_kind` (`create`, `commit` or `backup`) concludes with an
+    /// error ("Input/output error") once its progress reaches `at_progress`.
     pub fn fail_job(&self, job_kind: &str, at_progress: u64) {
         self.with(|s| s.jobs.fail.push((job_kind.to_owned(), at_progress)));
     }
 
-    /// Commit jobs copy this many bytes per millisecond (0: at once, the default).
+    /// Commit and backup jobs copy this many bytes per millisecond (0: at once, the
+    /// default).
     pub fn set_job_speed(&self, bytes_per_ms: u64) {
         self.with(|s| s.jobs.speed = (bytes_per_ms > 0).then_some(bytes_per_ms));
+    }
+
+    /// What `query-name` answers (`-name`; the default is `sim`); `None`: no name, as
+    /// QEMU without `-name` (`{}`).
+    pub fn set_name(&self, name: Option<&str>) {
+        self.with(|s| s.name = name.map(str::to_owned));
+    }
+
+    /// The guest writes `len` bytes at `offset` of `device` (e.g. `vblk0`): into its
+    /// active node, whose enabled bitmaps get the range dirty (in whole granules).
+    /// False, and nothing written, when there is no such device or the guest is paused
+    /// (`stop`).
+    pub fn guest_write(&self, device: &str, offset: u64, len: u64) -> bool {
+        let Some(root) = self.root(device) else {
+            return false;
+        };
+        self.with(|s| s.running && s.graph.write(&root, offset, len))
+    }
+
+    /// The dirty bitmaps of `node`, newest first (QEMU's order), anonymous ones included.
+    pub fn bitmaps(&self, node: &str) -> Vec<SimBitmap> {
+        self.with(|s| s.graph.sim_bitmaps(node))
+    }
+
+    /// The bitmap `name` of `node`.
+    pub fn bitmap(&self, node: &str, name: &str) -> Option<SimBitmap> {
+        self.bitmaps(node)
+            .into_iter()
+            .find(|b| b.name.as_deref() == Some(name))
+    }
+
+    /// Makes a persistent bitmap what QEMU loads after an unclean exit: inconsistent,
+    /// not recording, empty; it can only be removed. False, and nothing changed, when
+    /// `node` has no such persistent bitmap or a job holds it.
+    pub fn mark_bitmap_inconsistent(&self, node: &str, name: &str) -> bool {
+        self.with(|s| s.graph.mark_inconsistent(node, name))
     }
 
     /// The monitor hangs: commands are read but not executed until [`SimMonitor::resume`].

@@ -3,12 +3,12 @@
 
 use super::agent::AgentShared;
 use super::args::{Args, QmpErr, QmpResult, generic};
-use super::graph::{FileLog, Graph, ImageMeta};
-use super::jobs::{Events, Jobs, Work};
-use super::qmp_graph::{
-    block_commit, blockdev_add, blockdev_del, snapshot, snapshot_sync, transaction,
-};
+use super::graph::Graph;
+use super::image::{FileLog, ImageMeta};
+use super::jobs::{Events, JobOpts, Jobs, Work};
+use super::qmp_graph::{block_commit, blockdev_add, blockdev_del};
 use super::server::ClientSlot;
+use super::transaction::{single, transaction};
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -22,6 +22,8 @@ pub(super) struct MonState {
     pub(super) client: Option<ClientSlot>,
     pub(super) log: Vec<String>,
     pub(super) running: bool,
+    /// What `query-name` answers (`-name`); `None`: no name.
+    pub(super) name: Option<String>,
     /// The agent of the same VM: `stop`/`cont` pause and resume it.
     pub(super) agent: Option<Arc<AgentShared>>,
 }
@@ -83,39 +85,31 @@ pub(super) fn dispatch(
         "blockdev-create" => blockdev_create(st, a, ev),
         "blockdev-add" => blockdev_add(&mut st.graph, a),
         "blockdev-del" => blockdev_del(st, a),
-        "blockdev-snapshot" => {
-            let mut graph = st.graph.clone();
-            snapshot(&mut graph, &st.jobs, a)?;
-            st.graph = graph;
-            Ok(json!({}))
-        }
-        "blockdev-snapshot-sync" => {
-            let mut graph = st.graph.clone();
-            snapshot_sync(&mut graph, &st.jobs, &mut st.files, a)?;
-            st.graph = graph;
-            Ok(json!({}))
-        }
-        "transaction" => {
-            let actions = a.list("actions")?;
-            a.ignore(&["properties"]);
-            a.finish()?;
-            transaction(st, actions)
-        }
+        "transaction" => transaction(st, a, ev),
         "block-commit" => block_commit(st, a, ev),
-        "job-complete" | "job-cancel" | "job-dismiss" => {
+        "job-complete" | "job-cancel" | "job-dismiss" | "job-finalize" => {
             let id = a.str("id")?;
             a.finish()?;
             match name {
                 "job-complete" => st.jobs.complete(&id),
                 "job-cancel" => st.jobs.cancel(&id),
+                "job-finalize" => st.jobs.finalize(&id, &mut st.graph, ev),
                 _ => st.jobs.dismiss(&id, ev),
             }
             .map(|()| json!({}))
         }
-        _ => Err(QmpErr {
-            class: "CommandNotFound".into(),
-            desc: format!("The command {name} has not been found"),
-        }),
+        "query-name" => {
+            a.finish()?;
+            Ok(st.name.as_ref().map_or(json!({}), |n| json!({"name": n})))
+        }
+        "query-uuid" => empty(a).map(|_| json!({"UUID": "00000000-0000-0000-0000-000000000000"})),
+        _ => match single(st, name, a, ev) {
+            Some(result) => result,
+            None => Err(QmpErr {
+                class: "CommandNotFound".into(),
+                desc: format!("The command {name} has not been found"),
+            }),
+        },
     }
 }
 
@@ -182,6 +176,11 @@ fn blockdev_create(st: &mut MonState, mut a: Args, ev: &mut Events) -> QmpResult
         }
     };
     o.finish()?;
-    st.jobs.start(id, work, 1, Vec::new(), false, ev)?;
+    let opts = JobOpts {
+        auto_dismiss: false,
+        auto_finalize: true,
+        group: None,
+    };
+    st.jobs.start(id, work, 1, Vec::new(), opts, ev)?;
     Ok(json!({}))
 }

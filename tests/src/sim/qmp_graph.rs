@@ -1,10 +1,10 @@
-//! The block-graph commands of the simulated monitor: `blockdev-add`, `blockdev-del`,
-//! `transaction` (`blockdev-snapshot`, `blockdev-snapshot-sync`) and `block-commit`,
-//! with QEMU's checks and error texts.
+//! The block-graph commands of the simulated monitor: `blockdev-add`, `blockdev-del`
+//! and `block-commit`, with QEMU's checks and error texts.
 
 use super::args::{Args, QmpResult, generic};
-use super::graph::{FileLog, Graph, ImageMeta, Kind, Parent, not_found};
-use super::jobs::{Events, Jobs, Work};
+use super::graph::{Graph, Kind, Parent, not_found};
+use super::image::ImageMeta;
+use super::jobs::{Events, JobOpts, Work};
 use super::qmp_commands::MonState;
 use serde_json::{Value, json};
 
@@ -160,103 +160,6 @@ pub(super) fn blockdev_del(st: &mut MonState, mut a: Args) -> QmpResult {
     Ok(json!({}))
 }
 
-/// All actions on a copy of the graph; the copy replaces the graph only if every
-/// action succeeds. Files created on the way stay, as on a real QEMU.
-pub(super) fn transaction(st: &mut MonState, actions: Vec<Value>) -> QmpResult {
-    let mut graph = st.graph.clone();
-    for (i, action) in actions.into_iter().enumerate() {
-        let mut act = Args::new(Some(action), &format!("actions[{i}]"))?;
-        let kind = act.str("type")?;
-        let data = act.obj("data")?;
-        act.finish()?;
-        match kind.as_str() {
-            "blockdev-snapshot" => snapshot(&mut graph, &st.jobs, data)?,
-            "blockdev-snapshot-sync" => snapshot_sync(&mut graph, &st.jobs, &mut st.files, data)?,
-            other => {
-                return Err(generic(format!(
-                    "Parameter 'actions[{i}].type' does not accept value '{other}'"
-                )));
-            }
-        }
-    }
-    st.graph = graph;
-    Ok(json!({}))
-}
-
-pub(super) fn snapshot(graph: &mut Graph, jobs: &Jobs, mut d: Args) -> QmpResult<()> {
-    let node = d.str("node")?;
-    let overlay = d.str("overlay")?;
-    d.finish()?;
-    if let Some(e) = jobs.blocker(&node) {
-        return Err(e);
-    }
-    graph.snapshot(&node, &overlay)
-}
-
-pub(super) fn snapshot_sync(
-    graph: &mut Graph,
-    jobs: &Jobs,
-    files: &mut FileLog,
-    mut d: Args,
-) -> QmpResult<()> {
-    let device = d.opt_str("device")?;
-    let node_name = d.opt_str("node-name")?;
-    let file = d.str("snapshot-file")?;
-    let new_name = d.opt_str("snapshot-node-name")?;
-    let format = d.opt_str("format")?.unwrap_or_else(|| "qcow2".into());
-    let mode = d
-        .opt_str("mode")?
-        .unwrap_or_else(|| "absolute-paths".into());
-    d.finish()?;
-    let node = match node_name.as_deref().filter(|n| graph.node(n).is_some()) {
-        Some(n) => n.to_owned(),
-        None => {
-            let (dev, n) = (device.unwrap_or_default(), node_name.unwrap_or_default());
-            return Err(generic(format!(
-                "Cannot find device='{dev}' nor node-name='{n}'"
-            )));
-        }
-    };
-    if let Some(e) = jobs.blocker(&node).or_else(|| graph.busy_as_child(&node)) {
-        return Err(e);
-    }
-    if format != "qcow2" || mode != "absolute-paths" {
-        return Err(generic(
-            "sim: only qcow2 overlays in mode absolute-paths are modelled",
-        ));
-    }
-    if new_name.as_deref().is_some_and(|n| graph.node(n).is_some()) {
-        return Err(generic("New overlay node-name already in use"));
-    }
-    if graph.file_open(&file) {
-        return Err(generic(format!(
-            "Failed to get \"write\" lock\nIs another process using the image [{file}]?"
-        )));
-    }
-    let Some(Kind::Qcow2 { meta: base, .. }) = graph.node(&node).map(|n| n.kind.clone()) else {
-        return Err(generic(format!("sim: '{node}' is not a qcow2 node")));
-    };
-    let meta = ImageMeta {
-        backing_file: Some(graph.filename(&node)),
-        backing_fmt: Some("qcow2".into()),
-        ..base
-    };
-    files.write(std::path::Path::new(&file), 0, Some(&meta))?;
-    let file_node = graph.implicit_name();
-    graph.push(file_node.clone(), Kind::File { filename: file }, false);
-    let overlay = new_name.unwrap_or_else(|| graph.implicit_name());
-    graph.push(
-        overlay.clone(),
-        Kind::Qcow2 {
-            file: file_node,
-            backing: None,
-            meta,
-        },
-        false,
-    );
-    graph.snapshot(&node, &overlay)
-}
-
 pub(super) fn block_commit(st: &mut MonState, mut a: Args, ev: &mut Events) -> QmpResult {
     let id = a.opt_str("job-id")?;
     let device = a.str("device")?;
@@ -316,7 +219,12 @@ pub(super) fn block_commit(st: &mut MonState, mut a: Args, ev: &mut Events) -> Q
         base,
         active: t == 0,
     };
+    let opts = JobOpts {
+        auto_dismiss,
+        auto_finalize: true,
+        group: None,
+    };
     st.jobs
-        .start(id.unwrap_or(device), work, total, nodes, auto_dismiss, ev)?;
+        .start(id.unwrap_or(device), work, total, nodes, opts, ev)?;
     Ok(json!({}))
 }

@@ -268,3 +268,19 @@ async fn project_clients_interoperate_with_the_simulator() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn query_name_and_uuid_answer_like_qemu() {
+    within(10, async {
+        let (_d, vm) = vm(1).await;
+        let mut q = Qmp::open(&vm.qmp_path()).await;
+        assert_eq!(q.ok("query-name", json!({})).await, json!({"name": "sim"}));
+        vm.monitor().set_name(None);
+        assert_eq!(q.ok("query-name", json!({})).await, json!({}));
+        assert_eq!(
+            q.ok("query-uuid", json!({})).await,
+            json!({"UUID": "00000000-0000-0000-0000-000000000000"})
+        );
+    })
+    .await;
+}

@@ -217,4 +217,52 @@ impl Qmp {
             .collect();
         self.cmd("transaction", json!({"actions": actions})).await
     }
+
+    /// A real qcow2 image `dir/{name}.qcow2` of `size` bytes, added as node `name`
+    /// (over `{name}-file`) and attached to nothing: a backup target.
+    pub(super) async fn target(&mut self, dir: &Path, name: &str, size: u64) -> String {
+        let path = dir.join(format!("{name}.qcow2"));
+        let filename = path.to_str().unwrap().to_owned();
+        let file = format!("{name}-file");
+        self.create(
+            &format!("{name}-c1"),
+            json!({"driver": "file", "filename": filename, "size": 0}),
+        )
+        .await;
+        self.ok(
+            "blockdev-add",
+            json!({"driver": "file", "node-name": file, "filename": filename}),
+        )
+        .await;
+        let options = json!({"driver": "qcow2", "file": file, "size": size});
+        self.create(&format!("{name}-c2"), options).await;
+        self.ok(
+            "blockdev-add",
+            json!({"driver": "qcow2", "node-name": name, "file": file}),
+        )
+        .await;
+        filename
+    }
+
+    /// The statuses job `id` went through, from the events received so far.
+    pub(super) fn statuses(&self, id: &str) -> Vec<String> {
+        self.events
+            .iter()
+            .filter(|e| e["event"] == "JOB_STATUS_CHANGE" && e["data"]["id"] == id)
+            .map(|e| e["data"]["status"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    /// The `dirty-bitmaps` of `node` in `query-named-block-nodes` (`Null` when absent).
+    pub(super) async fn dirty(&mut self, node: &str) -> Value {
+        let nodes = self
+            .ok("query-named-block-nodes", json!({"flat": true}))
+            .await;
+        let n = nodes
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["node-name"] == node);
+        n.unwrap()["dirty-bitmaps"].clone()
+    }
 }

@@ -24,9 +24,12 @@ async fn main() -> Result<()> {
     drop(vm);
     println!();
     snapshot::in_freeze_overhead(SNAPSHOT_RUNS).await?;
+    println!();
+    backup::in_freeze_overhead(SNAPSHOT_RUNS).await?;
     Ok(())
 }
 
+mod backup;
 mod snapshot;
 
 /// `query-status` round trips: raw blocking socket (baseline) vs `qmp::Client`.

@@ -59,7 +59,7 @@ pub(crate) async fn in_freeze_overhead(runs: usize) -> Result<()> {
 }
 
 /// Merges each disk's active layer into its backing image (chain depth back to 1).
-async fn commit_back(vm: &QemuVm) -> Result<()> {
+pub(crate) async fn commit_back(vm: &QemuVm) -> Result<()> {
     for i in 0..2 {
         let req = qsnap::CommitRequest {
             qmp: vm.qmp_path(),
