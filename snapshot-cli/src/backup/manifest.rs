@@ -180,6 +180,10 @@ impl Manifest {
     }
 
     /// Reads one manifest.
+    ///
+    /// # Errors
+    /// It cannot be read, is larger than 1 MiB, is not JSON of this format, its id
+    /// differs from its file name, or it names an image outside its directory.
     pub fn load(path: &Path) -> Result<Self> {
         let meta = std::fs::metadata(path).map_err(io("cannot read the manifest", path))?;
         if meta.len() > MAX_MANIFEST {
@@ -237,6 +241,9 @@ fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Error {
 }
 
 /// Every manifest in `dir`, oldest first; files that are not manifests are skipped.
+///
+/// # Errors
+/// `dir` cannot be listed.
 pub fn load_all(dir: &Path) -> Result<Vec<Manifest>> {
     let entries = std::fs::read_dir(dir).map_err(io("cannot list the backup directory", dir))?;
     let mut all = Vec::new();
@@ -257,6 +264,9 @@ pub fn load_all(dir: &Path) -> Result<Vec<Manifest>> {
 
 /// The chain that ends at `id`: its full backup first. Every member must be
 /// complete and present.
+///
+/// # Errors
+/// A member is missing or not complete, the parents loop, or the first is not full.
 pub fn chain(all: &[Manifest], id: &str) -> Result<Vec<Manifest>> {
     let mut chain = Vec::new();
     let mut next = Some(id.to_owned());

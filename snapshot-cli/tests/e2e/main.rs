@@ -16,6 +16,7 @@ mod fake;
 mod faults;
 mod proxy;
 mod reliability;
+mod sim_backup;
 mod sim_faults;
 mod snapshot;
 mod soak;
