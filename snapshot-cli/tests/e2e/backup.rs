@@ -469,3 +469,121 @@ async fn a_copy_that_fails_on_a_full_target_and_a_qsnap_killed_mid_copy_lose_no_
     })
     .await;
 }
+
+/// The `qsnap` binary's backup commands: JSON events and report, listing, verify
+/// catching a corrupted image (exit 8), restore refusing to overwrite.
+#[tokio::test]
+async fn the_backup_commands_of_the_binary_keep_their_contract() {
+    within(300, async {
+        let vm = booted(QemuVm::builder().disks(2).writer(true)).await;
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().display().to_string();
+        let (code, out, err) =
+            crate::cli::run(&vm, &["--json", "backup", "--target", &target]).await;
+        assert_eq!(code, 0, "{err}");
+        let lines: Vec<serde_json::Value> = out
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let report = lines.last().unwrap();
+        assert!(
+            lines[..lines.len() - 1]
+                .iter()
+                .all(|l| l["event"] == "progress"),
+            "{out}"
+        );
+        assert_eq!(report["manifest"]["state"], "complete");
+        assert_eq!(report["manifest"]["consistency"], "quiesced");
+        assert_eq!(report["manifest"]["disks"].as_array().unwrap().len(), 2);
+        let full_manifest = report["manifest_path"].as_str().unwrap().to_owned();
+
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let (code, out, err) =
+            crate::cli::run(&vm, &["backup", "--target", &target, "--incremental"]).await;
+        assert_eq!(code, 0, "{err}");
+        assert!(out.contains("(incremental on "), "{out}");
+        let (code, out, _) = crate::cli::run(&vm, &["--json", "backups", &target]).await;
+        assert_eq!(code, 0);
+        let listed: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        let chain = listed["chains"][0]["backups"].as_array().unwrap();
+        assert_eq!(chain.len(), 2);
+        let inc_manifest = chain[1]["manifest"].as_str().unwrap().to_owned();
+
+        let (code, out, err) = crate::cli::run(&vm, &["verify", &inc_manifest]).await;
+        assert_eq!(code, 0, "{err}");
+        assert!(out.contains("checksums match"), "{out}");
+
+        // Restore: a disk must be named when there are two; an existing path is refused.
+        let taken = dir.path().join("taken.qcow2");
+        std::fs::write(&taken, b"mine").unwrap();
+        let taken_s = taken.display().to_string();
+        let fresh = dir.path().join("fresh.qcow2").display().to_string();
+        let (code, _, err) =
+            crate::cli::run(&vm, &["restore", &inc_manifest, "--to", &fresh]).await;
+        assert_eq!(code, 1);
+        assert!(err.contains("--disk"), "{err}");
+        let (code, _, err) = crate::cli::run(
+            &vm,
+            &[
+                "restore",
+                &inc_manifest,
+                "--disk",
+                "vblk1",
+                "--to",
+                &taken_s,
+            ],
+        )
+        .await;
+        assert_eq!(code, 1);
+        assert!(err.contains("never overwrites"), "{err}");
+        assert_eq!(std::fs::read(&taken).unwrap(), b"mine");
+
+        // Corrupt one data cluster of the full backup's first image: verify of the chain
+        // says so, and a restore of the full refuses to produce that content.
+        let full: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&full_manifest).unwrap()).unwrap();
+        let image = dir.path().join(full["disks"][0]["image"].as_str().unwrap());
+        let map = std::process::Command::new("qemu-img")
+            .args(["map", "--output=json"])
+            .arg(&image)
+            .output()
+            .unwrap();
+        let extents: Vec<serde_json::Value> = serde_json::from_slice(&map.stdout).unwrap();
+        let data = extents
+            .iter()
+            .find(|e| e["data"] == true && e["depth"] == 0)
+            .unwrap();
+        let offset = data["offset"].as_u64().unwrap();
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&image)
+            .unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&file, b"corrupted by the test", offset).unwrap();
+        drop(file);
+        let (code, _, err) = crate::cli::run(&vm, &["verify", &inc_manifest]).await;
+        assert_eq!(code, 8, "{err}");
+        assert!(err.contains("differs from the manifest"), "{err}");
+        let restored = dir.path().join("r.qcow2").display().to_string();
+        let (code, _, err) = crate::cli::run(
+            &vm,
+            &[
+                "restore",
+                &full_manifest,
+                "--disk",
+                "vblk0",
+                "--to",
+                &restored,
+            ],
+        )
+        .await;
+        assert_eq!(code, 1, "{err}");
+        assert!(err.contains("differs from the manifest"), "{err}");
+        assert!(!dir.path().join("r.qcow2").exists());
+        let leftovers: Vec<_> = names(dir.path())
+            .into_iter()
+            .filter(|n| n.contains("qsnap-restore"))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+    })
+    .await;
+}
