@@ -1,8 +1,11 @@
 //! The dirty bitmaps qsnap keeps for incremental backups (named `qsnap-<backup id>`),
-//! and how they follow a disk through `snapshot` and `commit`:
-//! * a snapshot's transaction adds each recording bitmap of the active node to the
-//!   new overlay and merges the old one into it, so the overlay's bitmap covers every
-//!   change since the backup (the old node is read-only from then on);
+//! and how they follow a disk through `snapshot` and `commit`. A generation's changes
+//! are the union of the same-named bitmaps down the disk's chain:
+//! * a snapshot adds each recording bitmap of the active node, empty, to the new
+//!   overlay before the freeze (nothing writes to the overlay until the switch, and it
+//!   records every write from the switch on); the old node keeps its own, read-only;
+//! * a backup merges the lower nodes' copies into the active node's before the freeze
+//!   ([`merge_up_actions`]): the old nodes are read-only, so the union is final;
 //! * a commit carries the top's bitmaps down into the base (added where missing,
 //!   merged where present) and drops the base's bitmaps the top no longer has (a
 //!   backup retired them while the overlay was on top). QEMU's commit writes dirty the
@@ -37,34 +40,71 @@ pub(crate) fn carried(bitmaps: &[DirtyBitmapInfo]) -> Vec<Carried> {
         .collect()
 }
 
-/// Transaction actions that give `overlay` the bitmaps of `node`, each covering what
-/// `node`'s covered (merged in) and recording from the switch on.
-pub(crate) fn onto_overlay(
-    node: &str,
-    overlay: &str,
-    bitmaps: &[Carried],
-) -> Vec<TransactionAction> {
-    bitmaps
+/// Adds each disk's carried bitmaps, empty, to its new overlay (prepared, not yet
+/// switched to). Rolled back with the overlay nodes.
+pub(crate) async fn add_to_overlays(
+    qmp: &qmp::Client,
+    disks: &[(String, Vec<Carried>)],
+) -> qmp::Result<()> {
+    let actions: Vec<_> = disks
         .iter()
-        .flat_map(|b| {
-            [
+        .flat_map(|(overlay, bitmaps)| {
+            bitmaps.iter().map(move |b| {
                 TransactionAction::BlockDirtyBitmapAdd(BlockDirtyBitmapAdd {
-                    node: overlay.to_owned(),
+                    node: overlay.clone(),
                     name: b.name.clone(),
                     granularity: Some(b.granularity),
                     persistent: true,
-                }),
-                TransactionAction::BlockDirtyBitmapMerge(BlockDirtyBitmapMerge {
-                    node: overlay.to_owned(),
-                    target: b.name.clone(),
-                    bitmaps: vec![BitmapRef::Node {
-                        node: node.to_owned(),
-                        name: b.name.clone(),
-                    }],
-                }),
-            ]
+                })
+            })
+        })
+        .collect();
+    if !actions.is_empty() {
+        qmp.execute(&Transaction { actions }).await?;
+    }
+    Ok(())
+}
+
+/// The copies of bitmap `name` on nodes other than `top` (lower in its chain).
+pub(crate) fn lower_copies<'a>(
+    nodes: &'a [BlockDeviceInfo],
+    top: &str,
+    name: &str,
+) -> Vec<(&'a str, &'a DirtyBitmapInfo)> {
+    nodes
+        .iter()
+        .filter_map(|n| Some((n.node_name.as_deref()?, n)))
+        .filter(|(node, _)| *node != top)
+        .flat_map(|(node, n)| {
+            n.dirty_bitmaps
+                .iter()
+                .filter(|b| b.name() == name)
+                .map(move |b| (node, b))
         })
         .collect()
+}
+
+/// Merges the lower copies of `name` into `top`'s: `top`'s then covers every change
+/// since the generation began (the lower nodes are read-only: the union is final).
+pub(crate) fn merge_up_actions(
+    nodes: &[BlockDeviceInfo],
+    top: &str,
+    name: &str,
+) -> Option<TransactionAction> {
+    let lower: Vec<BitmapRef> = lower_copies(nodes, top, name)
+        .into_iter()
+        .map(|(node, _)| BitmapRef::Node {
+            node: node.to_owned(),
+            name: name.to_owned(),
+        })
+        .collect();
+    (!lower.is_empty()).then(|| {
+        TransactionAction::BlockDirtyBitmapMerge(BlockDirtyBitmapMerge {
+            node: top.to_owned(),
+            target: name.to_owned(),
+            bitmaps: lower,
+        })
+    })
 }
 
 /// The actions that carry `top`'s bitmaps down into `base` during a commit.
@@ -171,12 +211,7 @@ mod tests {
         ]);
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].name, "qsnap-a");
-        let actions = onto_overlay("d0", "ov", &got);
-        let v = serde_json::to_value(&actions).unwrap();
-        assert_eq!(v[0]["type"], "block-dirty-bitmap-add");
-        assert_eq!(v[0]["data"]["node"], "ov");
-        assert_eq!(v[1]["type"], "block-dirty-bitmap-merge");
-        assert_eq!(v[1]["data"]["bitmaps"][0]["node"], "d0");
+        assert_eq!(got[0].granularity, 65536);
     }
 
     #[test]

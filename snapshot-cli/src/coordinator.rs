@@ -62,6 +62,16 @@ pub async fn snapshot(req: &SnapshotRequest, cancel: &CancellationToken) -> Resu
     if let Err(e) = prep.and_then(|r| r) {
         return Err(after_rollback(e, prepared.rollback().await));
     }
+    // The overlays record the backup bitmaps' changes from the switch on.
+    let carried: Vec<_> = plan
+        .disks
+        .iter()
+        .map(|d| (d.overlay_node.clone(), d.bitmaps.clone()))
+        .collect();
+    if let Err(e) = crate::bitmaps::add_to_overlays(&plan.qmp, &carried).await {
+        let e = Error::failed("adding the backup bitmaps to the overlays")(e);
+        return Err(after_rollback(e, prepared.rollback().await));
+    }
     plan.times.prepare = ms(t.elapsed());
     if let Some(hook) = &req.before_freeze {
         (hook.0)(plan.qmp.clone()).await;

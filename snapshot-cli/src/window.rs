@@ -69,22 +69,17 @@ pub(crate) struct WindowTimings {
     pub(crate) in_freeze_overhead: f64,
 }
 
-/// The snapshot's transaction: each disk switches onto its overlay, which gets the
-/// disk's recording bitmaps (see [`crate::bitmaps`]).
+/// The snapshot's transaction: each disk switches onto its overlay (which already
+/// has the disk's recording bitmaps, see [`crate::bitmaps`]).
 pub(crate) fn transaction(disks: &[DiskPlan]) -> Transaction {
     Transaction {
         actions: disks
             .iter()
-            .flat_map(|d| {
-                let switch = TransactionAction::BlockdevSnapshot(BlockdevSnapshot {
+            .map(|d| {
+                TransactionAction::BlockdevSnapshot(BlockdevSnapshot {
                     node: d.node.clone(),
                     overlay: d.overlay_node.clone(),
-                });
-                std::iter::once(switch).chain(crate::bitmaps::onto_overlay(
-                    &d.node,
-                    &d.overlay_node,
-                    &d.bitmaps,
-                ))
+                })
             })
             .collect(),
     }

@@ -6,8 +6,8 @@ use crate::bitmaps::{BITMAP_PREFIX, Carried};
 use crate::error::{Error, Result};
 use crate::overlay::NewImage;
 use qmp::commands::{
-    BackupSync, BitmapSyncMode, BlockDirtyBitmapAdd, BlockInfo, BlockdevBackup, QueryName,
-    QueryUuid, Transaction, TransactionAction,
+    BackupSync, BitmapSyncMode, BlockDeviceInfo, BlockDirtyBitmapAdd, BlockInfo, BlockdevBackup,
+    QueryName, QueryUuid, Transaction, TransactionAction,
 };
 use std::path::{Path, PathBuf};
 
@@ -28,6 +28,9 @@ pub(crate) struct DiskBackup {
     pub(crate) from: Option<Carried>,
     /// The target's backing file (the parent's image), a name in the directory.
     pub(crate) backing: Option<String>,
+    /// Merges the parent bitmap's copies lower in the chain (left by snapshots) into
+    /// the active node's, before the freeze.
+    pub(crate) merge_up: Option<TransactionAction>,
 }
 
 /// What planning decided.
@@ -91,6 +94,8 @@ pub(crate) fn disk_name(b: &BlockInfo) -> Result<String> {
 pub(crate) struct Inputs<'a> {
     pub(crate) dir: &'a Path,
     pub(crate) chosen: &'a [&'a BlockInfo],
+    /// `query-named-block-nodes`: the bitmaps lower in each disk's chain.
+    pub(crate) nodes: &'a [BlockDeviceInfo],
     pub(crate) all: &'a [Manifest],
     pub(crate) vm: &'a Vm,
     pub(crate) incremental: bool,
@@ -206,6 +211,15 @@ fn incremental_blocker(i: &Inputs<'_>, parent: &Manifest) -> Option<String> {
             }
             Some(_) => {}
         }
+        let node = inserted.node_name.as_deref().unwrap_or("");
+        for (lower, copy) in crate::bitmaps::lower_copies(i.nodes, node, &pd.bitmap) {
+            if copy.inconsistent {
+                return Some(format!(
+                    "bitmap {} of disk {name} is inconsistent on node {lower} (lower in its chain): QEMU did not shut down cleanly since the last backup, so it may miss writes",
+                    pd.bitmap
+                ));
+            }
+        }
     }
     None
 }
@@ -268,6 +282,9 @@ fn disk_backup(
         job: format!("{node_base}-backup"),
         bitmap: format!("{BITMAP_PREFIX}{id}"),
         backing: pd.map(|pd| pd.image.clone()),
+        merge_up: from
+            .as_ref()
+            .and_then(|f| crate::bitmaps::merge_up_actions(i.nodes, &node, &f.name)),
         from,
         disk,
         node,

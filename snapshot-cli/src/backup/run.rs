@@ -15,8 +15,8 @@ use crate::report::Consistency;
 use crate::settle::{after_rollback, thaw_problem};
 use crate::window::{Disks, Guest, Switch};
 use qmp::commands::{
-    BlockDirtyBitmapRemove, BlockdevDel, JobCancel, JobDismiss, QueryBlock, Transaction,
-    TransactionAction,
+    BlockDirtyBitmapRemove, BlockdevDel, JobCancel, JobDismiss, QueryBlock, QueryNamedBlockNodes,
+    Transaction, TransactionAction,
 };
 use std::path::Path;
 use std::time::{Instant, SystemTime};
@@ -48,6 +48,19 @@ pub async fn backup(
     let targets: Vec<_> = run.plan.disks.iter().map(|d| d.target.clone()).collect();
     let prep = interruptible(cancel, prepared.prepare_all(&targets)).await;
     if let Err(e) = prep.and_then(|r| r) {
+        return Err(after_rollback(e, prepared.rollback().await));
+    }
+    // Each parent bitmap gathers its copies lower in the chain (left by snapshots).
+    let merges: Vec<_> = run
+        .plan
+        .disks
+        .iter()
+        .filter_map(|d| d.merge_up.clone())
+        .collect();
+    if !merges.is_empty()
+        && let Err(e) = run.qmp.execute(&Transaction { actions: merges }).await
+    {
+        let e = Error::failed("merging the bitmaps down the disks' chains")(e);
         return Err(after_rollback(e, prepared.rollback().await));
     }
     let mut manifest = run
@@ -226,10 +239,15 @@ impl Run {
             .map_err(Error::qmp("query-block"))?;
         let wanted = crate::disks::resolve_names(&qmp, &blocks, &req.vm.disks).await?;
         let chosen = crate::plan::chosen(&blocks, &wanted)?;
+        let nodes = qmp
+            .execute(&QueryNamedBlockNodes { flat: Some(true) })
+            .await
+            .map_err(Error::qmp("query-named-block-nodes"))?;
         let tag = coordinator::node_tag();
         let plan = plan::decide(&Inputs {
             dir: &req.target,
             chosen: &chosen,
+            nodes: &nodes,
             all: &all,
             vm: &vm,
             incremental: req.incremental,

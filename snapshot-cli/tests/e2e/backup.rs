@@ -267,6 +267,18 @@ async fn bitmaps_survive_snapshot_commit_and_a_clean_restart_and_an_unclean_exit
             .await
             .unwrap();
         guest_sh(&vm, "head -c 1048576 /dev/urandom > /data/b && sync").await;
+        // A backup while the disk runs on the overlay gathers the bitmap's copies.
+        let on_overlay = backup(&vm, dir.path(), true).await;
+        assert_eq!(
+            on_overlay.manifest.kind,
+            Kind::Incremental,
+            "{:?}",
+            on_overlay.manifest.full_reason
+        );
+        let raw = restore_raw(&on_overlay, out.path());
+        same_file(&vm, &raw, "/data/a").await;
+        same_file(&vm, &raw, "/data/b").await;
+        guest_sh(&vm, "head -c 1048576 /dev/urandom > /data/a2 && sync").await;
         let commit = qsnap::CommitRequest::new(vm.qmp_path(), "vblk0");
         qsnap::commit(&commit, |_| {}, &CancellationToken::new())
             .await
@@ -279,8 +291,9 @@ async fn bitmaps_survive_snapshot_commit_and_a_clean_restart_and_an_unclean_exit
             inc1.manifest.full_reason
         );
         let raw = restore_raw(&inc1, out.path());
-        same_file(&vm, &raw, "/data/a").await;
-        same_file(&vm, &raw, "/data/b").await;
+        for f in ["/data/a", "/data/b", "/data/a2"] {
+            same_file(&vm, &raw, f).await;
+        }
 
         // A clean QEMU restart keeps the bitmap (stored in the qcow2 image).
         vm.restart(true).await.unwrap();
@@ -302,7 +315,7 @@ async fn bitmaps_survive_snapshot_commit_and_a_clean_restart_and_an_unclean_exit
             Some(inc1.manifest.id.as_str())
         );
         let raw = restore_raw(&inc2, out.path());
-        for f in ["/data/a", "/data/b", "/data/c"] {
+        for f in ["/data/a", "/data/b", "/data/a2", "/data/c"] {
             same_file(&vm, &raw, f).await;
         }
         qsnap::backup::verify(&inc2.manifest_path).unwrap();

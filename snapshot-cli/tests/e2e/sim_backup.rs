@@ -253,3 +253,37 @@ async fn a_directory_of_another_vm_is_refused_before_anything_changes() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_backup_while_on_a_snapshot_overlay_copies_the_writes_from_before_and_after_it() {
+    within(30, async {
+        let r = rig().await;
+        let full = r.backup(false).await.unwrap();
+        r.vm.monitor().guest_write("vblk0", 0, 65536);
+        let mut snap = SnapshotRequest::new(r.vm.qmp_path())
+            .qga(r.vm.qga_path())
+            .name("s");
+        snap.agent_timeout = Duration::from_secs(2);
+        let report = qsnap::snapshot(&snap, &CancellationToken::new())
+            .await
+            .unwrap();
+        let overlay = report.disks[0].overlay_node.clone();
+        // The overlay got the generation, empty; the old node keeps its copy.
+        let on_overlay = r.vm.monitor().bitmap(&overlay, &generation(&full)).unwrap();
+        assert_eq!((on_overlay.count, on_overlay.persistent), (0, true));
+        r.vm.monitor().guest_write("vblk0", 1 << 20, 65536);
+        let mut total = 0;
+        let inc = qsnap::backup(&r.request(true), &CancellationToken::new(), &mut |p| {
+            total = total.max(p.total);
+        })
+        .await
+        .unwrap();
+        assert_eq!(inc.manifest.kind, Kind::Incremental);
+        assert_eq!(
+            total,
+            2 * 65536,
+            "the copy must hold the writes before and after the snapshot"
+        );
+    })
+    .await;
+}
