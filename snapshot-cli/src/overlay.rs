@@ -312,11 +312,12 @@ impl Prepared {
     }
 
     /// Keeps the files but deletes the nodes (a finished backup's targets, whose jobs
-    /// concluded): the jobs are dismissed first. Checks the nodes are gone.
-    pub(crate) async fn release(mut self) -> Cleanup {
+    /// concluded): the jobs are dismissed first. Checks the nodes are gone; returns the
+    /// files, for a caller that must still remove them.
+    pub(crate) async fn release(mut self) -> (Cleanup, Vec<CreatedFile>) {
         self.kept = true;
         let mut created = std::mem::take(&mut *self.lock());
-        created.files.clear();
+        let files = std::mem::take(&mut created.files);
         settle_jobs(&self.qmp, &created.jobs).await;
         let mut left = Vec::new();
         for node in created.nodes.iter().rev() {
@@ -330,7 +331,7 @@ impl Prepared {
             }
         }
         left.extend(verify_gone(&self.qmp, &created).await);
-        Cleanup { left }
+        (Cleanup { left }, files)
     }
 
     /// The QMP connection the overlays were prepared on.

@@ -9,7 +9,7 @@ use crate::commit::Progress;
 use crate::coordinator::{self, interruptible, ms};
 use crate::error::{Error, Result};
 use crate::freeze;
-use crate::overlay::Prepared;
+use crate::overlay::{CreatedFile, Prepared};
 use crate::policy::{self, Action, Setback};
 use crate::report::Consistency;
 use crate::settle::{after_rollback, thaw_problem};
@@ -128,17 +128,21 @@ pub async fn backup(
     times.copy = ms(t.elapsed());
 
     // Release the targets (QEMU closes them), hash them, complete the manifest.
-    let released = prepared.release().await;
+    // QEMU flushes and closes each target when its node is deleted: an image whose
+    // node could not be deleted is not certified.
+    let (released, files) = prepared.release().await;
     if !released.is_complete() {
-        warn!(left = ?released.left, "backup targets not released");
-        run.warnings.extend(released.left);
+        let e = Error::BackupFailed {
+            during: "closing the targets".into(),
+            reason: released.left.join("; "),
+        };
+        return Err(run.abort_after_release(e, dir, &files, released.left).await);
     }
     let t = Instant::now();
     for (d, m) in run.plan.disks.iter().zip(manifest.disks.iter_mut()) {
-        let hashed = content::hash(&d.target.path, "qcow2");
-        let c = match hashed {
+        let c = match content::hash(&d.target.path, "qcow2") {
             Ok(c) => c,
-            Err(e) => return Err(run.abort_after_release(e, dir, &manifest).await),
+            Err(e) => return Err(run.abort_after_release(e, dir, &files, vec![]).await),
         };
         m.sha256 = Some(c.sha256);
         m.data_bytes = c.data_bytes;
@@ -151,7 +155,7 @@ pub async fn backup(
     manifest.state = State::Complete;
     manifest.warnings.clone_from(&run.warnings);
     if let Err(e) = manifest.update(dir) {
-        return Err(run.abort_after_release(e, dir, &manifest).await);
+        return Err(run.abort_after_release(e, dir, &files, vec![]).await);
     }
     let retired = run.retire().await;
     times.total = ms(start.elapsed());
@@ -351,16 +355,20 @@ impl Run {
         self.finish_abort(error, left, dir)
     }
 
-    /// Undoes a run whose targets are already released: removes the images, drops
-    /// the new bitmaps, and the manifest.
-    async fn abort_after_release(&mut self, error: Error, dir: &Path, m: &Manifest) -> Error {
-        let mut left = self.drop_new_bitmaps().await;
-        for d in &m.disks {
-            let p = dir.join(&d.image);
-            if let Err(e) = std::fs::remove_file(&p)
-                && e.kind() != std::io::ErrorKind::NotFound
-            {
-                left.push(format!("file {}: {e}", p.display()));
+    /// Undoes a run whose targets are already released: drops the new bitmaps and
+    /// removes the images this run created (only if each path still names the file it
+    /// created) and the manifest. `left` is what is already known to be left.
+    async fn abort_after_release(
+        &mut self,
+        error: Error,
+        dir: &Path,
+        files: &[CreatedFile],
+        mut left: Vec<String>,
+    ) -> Error {
+        left.extend(self.drop_new_bitmaps().await);
+        for f in files {
+            if let Err(e) = f.remove() {
+                left.push(format!("file {}: {e}", f.path.display()));
             }
         }
         self.finish_abort(error, left, dir)
