@@ -12,7 +12,7 @@ use crate::freeze;
 use crate::overlay::{CreatedFile, Prepared};
 use crate::policy::{self, Action, Setback};
 use crate::report::Consistency;
-use crate::settle::{after_rollback, thaw_problem};
+use crate::settle::thaw_problem;
 use crate::window::{Disks, Guest, Switch};
 use qmp::commands::{
     BlockDirtyBitmapRemove, BlockdevDel, JobCancel, JobDismiss, QueryBlock, QueryNamedBlockNodes,
@@ -42,13 +42,18 @@ pub async fn backup(
     let mut run = Run::plan(req, cancel).await?;
     times.plan = ms(start.elapsed());
 
-    // Prepare, outside the freeze.
+    // Prepare, outside the freeze. The manifest comes first: it names everything the
+    // run creates, so a later run can clean up after this one if it dies.
     let t = Instant::now();
+    let mut manifest = run
+        .plan
+        .manifest(&run.qmp.greeting().version.qemu.to_string());
+    manifest.create(dir)?;
     let prepared = Prepared::new(run.qmp.clone());
     let targets: Vec<_> = run.plan.disks.iter().map(|d| d.target.clone()).collect();
     let prep = interruptible(cancel, prepared.prepare_all(&targets)).await;
     if let Err(e) = prep.and_then(|r| r) {
-        return Err(after_rollback(e, prepared.rollback().await));
+        return Err(run.abort(prepared, e, dir).await);
     }
     // Each parent bitmap gathers its copies lower in the chain (left by snapshots).
     let merges: Vec<_> = run
@@ -61,13 +66,7 @@ pub async fn backup(
         && let Err(e) = run.qmp.execute(&Transaction { actions: merges }).await
     {
         let e = Error::failed("merging the bitmaps down the disks' chains")(e);
-        return Err(after_rollback(e, prepared.rollback().await));
-    }
-    let mut manifest = run
-        .plan
-        .manifest(&run.qmp.greeting().version.qemu.to_string());
-    if let Err(e) = manifest.create(dir) {
-        return Err(after_rollback(e, prepared.rollback().await));
+        return Err(run.abort(prepared, e, dir).await);
     }
     for d in &run.plan.disks {
         prepared.record_job(&d.job);
@@ -140,7 +139,15 @@ pub async fn backup(
     }
     let t = Instant::now();
     for (d, m) in run.plan.disks.iter().zip(manifest.disks.iter_mut()) {
-        let c = match content::hash(&d.target.path, "qcow2") {
+        // Reading a whole disk: off the runtime's thread, so signals are still served.
+        let path = d.target.path.clone();
+        let hashed = tokio::task::spawn_blocking(move || content::hash(&path, "qcow2"));
+        let hashed = match interruptible(cancel, hashed).await {
+            Ok(Ok(h)) => h,
+            Ok(Err(join)) => Err(Error::Invalid(format!("hashing failed: {join}"))),
+            Err(e) => Err(e),
+        };
+        let c = match hashed {
             Ok(c) => c,
             Err(e) => return Err(run.abort_after_release(e, dir, &files, vec![]).await),
         };
