@@ -16,6 +16,9 @@ use std::path::{Path, PathBuf};
 pub(crate) struct DiskBackup {
     /// The disk's stable name: qdev id, else drive name.
     pub(crate) disk: String,
+    /// At most how many bytes the copy writes: the parent bitmap's dirty bytes, or
+    /// the host bytes of every image in the disk's chain.
+    pub(crate) estimate: u64,
     /// Its active node now (the backup's source).
     pub(crate) node: String,
     /// The target image.
@@ -268,6 +271,22 @@ fn disk_backup(
                 granularity: x.granularity,
             })
     });
+    let estimate = match (&from, pd) {
+        (Some(_), Some(pd)) => {
+            let top = inserted
+                .dirty_bitmaps
+                .iter()
+                .find(|x| x.name() == pd.bitmap);
+            let lower = crate::bitmaps::lower_copies(i.nodes, &node, &pd.bitmap);
+            top.map_or(0, |b| b.count) + lower.iter().map(|(_, b)| b.count).sum::<u64>()
+        }
+        _ => inserted
+            .image
+            .chain()
+            .map(|img| img.actual_size.unwrap_or(img.virtual_size))
+            .sum::<u64>()
+            .min(inserted.image.virtual_size),
+    };
     let node_base = format!("{}{}-b{n}", crate::disks::NODE_PREFIX, i.tag);
     Ok(DiskBackup {
         target: NewImage {
@@ -286,12 +305,42 @@ fn disk_backup(
             .as_ref()
             .and_then(|f| crate::bitmaps::merge_up_actions(i.nodes, &node, &f.name)),
         from,
+        estimate,
         disk,
         node,
     })
 }
 
 impl BackupPlan {
+    /// Refuses, before anything changes, a backup the directory has no room for: a
+    /// copy that fails on a full target fails the guest's writes meanwhile (QEMU's
+    /// backup filter copies a cluster to the target before a guest write may change
+    /// it, and fails that write if the copy fails).
+    pub(crate) fn check_room(&self, dir: &Path) -> Result<()> {
+        // qcow2 metadata: an L2 table per 512 MiB, refcounts; 2 % is ample.
+        let need: u64 = self
+            .disks
+            .iter()
+            .map(|d| d.estimate + d.estimate / 50 + (1 << 20))
+            .sum();
+        let fs = rustix::fs::statvfs(dir).map_err(|e| {
+            Error::Invalid(format!(
+                "cannot read the free space of {}: {e}",
+                dir.display()
+            ))
+        })?;
+        let free = fs.f_bavail.saturating_mul(fs.f_frsize);
+        if free < need {
+            return Err(Error::Invalid(format!(
+                "{} has {} MiB free; this backup may write up to {} MiB: free some space or choose another directory (a copy that fails on a full target fails the guest's writes while it runs)",
+                dir.display(),
+                free >> 20,
+                need.div_ceil(1 << 20)
+            )));
+        }
+        Ok(())
+    }
+
     /// The transaction inside the freeze: per disk, the backup job and the new
     /// bitmap generation (recording from the same instant). The parent's bitmap is
     /// left alone (`bitmap-mode: never`): it is retired only once this backup is

@@ -73,6 +73,10 @@ pub async fn backup(
     }
     times.prepare = ms(t.elapsed());
 
+    if let Some(hook) = &req.vm.before_freeze {
+        (hook.0)(run.qmp.clone()).await;
+    }
+
     // Freeze → one transaction → thaw.
     let tx = run.plan.transaction();
     let agent = run.agent.as_ref();
@@ -265,6 +269,7 @@ impl Run {
             speed: req.speed,
             tag: &tag,
         })?;
+        plan.check_room(&req.target)?;
         if let Some(reason) = &plan.full_reason {
             warn!("making a full backup: {reason}");
             warnings.push(format!("full backup: {reason}"));
