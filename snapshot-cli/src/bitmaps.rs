@@ -65,16 +65,25 @@ pub(crate) async fn add_to_overlays(
     Ok(())
 }
 
-/// The copies of bitmap `name` on nodes other than `top` (lower in its chain).
+/// The copies of bitmap `name` on the nodes below `top` in its backing chain (by image
+/// file; the other disks' nodes carry the same generation's name but not its changes).
 pub(crate) fn lower_copies<'a>(
     nodes: &'a [BlockDeviceInfo],
-    top: &str,
+    top: &BlockDeviceInfo,
     name: &str,
 ) -> Vec<(&'a str, &'a DirtyBitmapInfo)> {
+    let below: Vec<&str> = top
+        .image
+        .chain()
+        .skip(1)
+        .map(|i| i.filename.as_str())
+        .collect();
     nodes
         .iter()
         .filter_map(|n| Some((n.node_name.as_deref()?, n)))
-        .filter(|(node, _)| *node != top)
+        .filter(|(node, n)| {
+            Some(*node) != top.node_name.as_deref() && below.contains(&n.image.filename.as_str())
+        })
         .flat_map(|(node, n)| {
             n.dirty_bitmaps
                 .iter()
@@ -88,9 +97,10 @@ pub(crate) fn lower_copies<'a>(
 /// since the generation began (the lower nodes are read-only: the union is final).
 pub(crate) fn merge_up_actions(
     nodes: &[BlockDeviceInfo],
-    top: &str,
+    top: &BlockDeviceInfo,
     name: &str,
 ) -> Option<TransactionAction> {
+    let target = top.node_name.clone()?;
     let lower: Vec<BitmapRef> = lower_copies(nodes, top, name)
         .into_iter()
         .map(|(node, _)| BitmapRef::Node {
@@ -100,7 +110,7 @@ pub(crate) fn merge_up_actions(
         .collect();
     (!lower.is_empty()).then(|| {
         TransactionAction::BlockDirtyBitmapMerge(BlockDirtyBitmapMerge {
-            node: top.to_owned(),
+            node: target,
             target: name.to_owned(),
             bitmaps: lower,
         })

@@ -29,6 +29,7 @@ pub(crate) async fn follow(
 ) -> Result<Ended> {
     let mut ended = Ended::default();
     let mut query_errors = 0;
+    let mut stopping = false;
     loop {
         let jobs = match qmp.execute(&QueryJobs).await {
             Ok(j) => {
@@ -47,8 +48,12 @@ pub(crate) async fn follow(
         };
         let mine: Vec<_> = jobs.iter().filter(|j| ids.contains(&j.id)).collect();
         progress(Progress {
-            current: mine.iter().map(|j| j.current_progress).sum(),
-            total: mine.iter().map(|j| j.total_progress).sum(),
+            current: mine
+                .iter()
+                .fold(0u64, |a, j| a.saturating_add(j.current_progress)),
+            total: mine
+                .iter()
+                .fold(0u64, |a, j| a.saturating_add(j.total_progress)),
         });
         let vanished: Vec<_> = ids
             .iter()
@@ -66,6 +71,20 @@ pub(crate) async fn follow(
                 )
                 .collect();
             return Ok(ended);
+        }
+        // One failed job fails the backup: stop the others at once (while a copy
+        // runs, QEMU's backup filter stands between the guest and its disk).
+        let failed = mine
+            .iter()
+            .any(|j| j.status == "concluded" && j.error.is_some());
+        if failed && !stopping {
+            warn!("a backup job failed: cancelling the others");
+            for j in mine.iter().filter(|j| j.status != "concluded") {
+                if let Err(e) = qmp.execute(&JobCancel { id: j.id.clone() }).await {
+                    debug!(job = j.id, error = %e, "cancel refused");
+                }
+            }
+            stopping = true;
         }
         if cancel.is_cancelled() && !ended.interrupted {
             warn!("interrupted: cancelling the backup jobs");

@@ -214,8 +214,7 @@ fn incremental_blocker(i: &Inputs<'_>, parent: &Manifest) -> Option<String> {
             }
             Some(_) => {}
         }
-        let node = inserted.node_name.as_deref().unwrap_or("");
-        for (lower, copy) in crate::bitmaps::lower_copies(i.nodes, node, &pd.bitmap) {
+        for (lower, copy) in crate::bitmaps::lower_copies(i.nodes, inserted, &pd.bitmap) {
             if copy.inconsistent {
                 return Some(format!(
                     "bitmap {} of disk {name} is inconsistent on node {lower} (lower in its chain): QEMU did not shut down cleanly since the last backup, so it may miss writes",
@@ -277,7 +276,7 @@ fn disk_backup(
                 .dirty_bitmaps
                 .iter()
                 .find(|x| x.name() == pd.bitmap);
-            let lower = crate::bitmaps::lower_copies(i.nodes, &node, &pd.bitmap);
+            let lower = crate::bitmaps::lower_copies(i.nodes, inserted, &pd.bitmap);
             top.map_or(0, |b| b.count) + lower.iter().map(|(_, b)| b.count).sum::<u64>()
         }
         _ => inserted
@@ -303,7 +302,7 @@ fn disk_backup(
         backing: pd.map(|pd| pd.image.clone()),
         merge_up: from
             .as_ref()
-            .and_then(|f| crate::bitmaps::merge_up_actions(i.nodes, &node, &f.name)),
+            .and_then(|f| crate::bitmaps::merge_up_actions(i.nodes, inserted, &f.name)),
         from,
         estimate,
         disk,

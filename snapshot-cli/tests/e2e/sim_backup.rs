@@ -16,8 +16,12 @@ struct Rig {
 }
 
 async fn rig() -> Rig {
+    rig_with(1).await
+}
+
+async fn rig_with(disks: usize) -> Rig {
     let vm_dir = tempfile::tempdir().unwrap();
-    let vm = SimVm::start(vm_dir.path(), 1).await.unwrap();
+    let vm = SimVm::start(vm_dir.path(), disks).await.unwrap();
     Rig {
         _vm_dir: vm_dir,
         target: tempfile::tempdir().unwrap(),
@@ -257,7 +261,8 @@ async fn a_directory_of_another_vm_is_refused_before_anything_changes() {
 #[tokio::test]
 async fn a_backup_while_on_a_snapshot_overlay_copies_the_writes_from_before_and_after_it() {
     within(30, async {
-        let r = rig().await;
+        // Two disks: the generation's name is the same on both, its changes are not.
+        let r = rig_with(2).await;
         let full = r.backup(false).await.unwrap();
         r.vm.monitor().guest_write("vblk0", 0, 65536);
         let mut snap = SnapshotRequest::new(r.vm.qmp_path())
