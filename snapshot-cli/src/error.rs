@@ -101,7 +101,7 @@ pub enum Error {
     /// this backup's bitmaps dropped (the previous ones kept, so the next incremental
     /// still covers every change) and its files removed — all checked.
     #[error(
-        "backup failed while {during}: {reason}; the guest was thawed, this backup's files and bitmaps were removed and the earlier bitmaps kept"
+        "backup failed while {during}: {reason}; this backup's files, nodes and bitmaps were removed (the earlier bitmaps were not touched)"
     )]
     BackupFailed {
         /// The phase.

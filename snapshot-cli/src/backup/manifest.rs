@@ -185,15 +185,25 @@ impl Manifest {
     /// It cannot be read, is larger than 1 MiB, is not JSON of this format, its id
     /// differs from its file name, or it names an image outside its directory.
     pub fn load(path: &Path) -> Result<Self> {
-        let meta = std::fs::metadata(path).map_err(io("cannot read the manifest", path))?;
-        if meta.len() > MAX_MANIFEST {
+        use std::io::Read;
+        use std::os::unix::fs::OpenOptionsExt;
+        // Not through a symlink, not a FIFO or device: a regular file, read bounded.
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc_flags())
+            .open(path)
+            .map_err(io("cannot read the manifest", path))?;
+        let meta = file.metadata().map_err(io("cannot read the manifest", path))?;
+        if !meta.is_file() || meta.len() > MAX_MANIFEST {
             return Err(Error::Invalid(format!(
-                "{} is {} bytes: not a qsnap manifest",
-                path.display(),
-                meta.len()
+                "{} is not a qsnap manifest (not a regular file of at most 1 MiB)",
+                path.display()
             )));
         }
-        let bytes = std::fs::read(path).map_err(io("cannot read the manifest", path))?;
+        let mut bytes = Vec::new();
+        file.take(MAX_MANIFEST + 1)
+            .read_to_end(&mut bytes)
+            .map_err(io("cannot read the manifest", path))?;
         let m: Self = serde_json::from_slice(&bytes).map_err(|e| {
             Error::Invalid(format!("{} is not a qsnap manifest: {e}", path.display()))
         })?;
@@ -211,7 +221,21 @@ impl Manifest {
                 m.id
             )));
         }
+        let generation = format!("qsnap-{}", m.id);
         for d in &m.disks {
+            // Names qsnap acts on in QEMU (cleanup, retiring): only its own.
+            let ours = d.bitmap == generation
+                && d.target_node.starts_with(crate::disks::NODE_PREFIX)
+                && d.target_file_node == format!("{}-f", d.target_node)
+                && d.job == format!("{}-backup", d.target_node)
+                && d.from_bitmap.as_ref().is_none_or(|b| b.starts_with(crate::bitmaps::BITMAP_PREFIX));
+            if !ours {
+                return Err(Error::Invalid(format!(
+                    "{}: disk {:?} names bitmaps, nodes or jobs that are not this backup's",
+                    path.display(),
+                    d.disk
+                )));
+            }
             for name in std::iter::once(&d.image).chain(&d.backing) {
                 if !is_plain_file_name(name) {
                     return Err(Error::Invalid(format!(
@@ -228,6 +252,10 @@ impl Manifest {
     pub fn disk(&self, disk: &str) -> Option<&Disk> {
         self.disks.iter().find(|d| d.disk == disk)
     }
+}
+
+fn libc_flags() -> i32 {
+    (rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK).bits() as i32
 }
 
 /// A name without a directory part (manifests may only name files beside them).
@@ -365,13 +393,50 @@ mod tests {
             bitmap: "qsnap-b1".into(),
             from_bitmap: None,
             sha256: None,
-            target_node: "t".into(),
-            target_file_node: "tf".into(),
-            job: "j".into(),
+            target_node: "qsnap-t".into(),
+            target_file_node: "qsnap-t-f".into(),
+            job: "qsnap-t-backup".into(),
         });
         m.create(dir.path()).unwrap();
         let err = Manifest::load(&path(dir.path(), "b1")).unwrap_err();
         assert!(err.to_string().contains("not a file name"), "{err}");
+    }
+
+    #[test]
+    fn a_manifest_naming_foreign_bitmaps_or_a_fifo_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = sample("b2", None, State::InProgress);
+        m.disks.push(Disk {
+            disk: "vda".into(),
+            node: "n".into(),
+            image: "b2.vda.qcow2".into(),
+            backing: None,
+            virtual_size: 1,
+            data_bytes: 0,
+            file_bytes: 0,
+            bitmap: "libvirt-checkpoint".into(),
+            from_bitmap: None,
+            sha256: None,
+            target_node: "qsnap-t".into(),
+            target_file_node: "qsnap-t-f".into(),
+            job: "qsnap-t-backup".into(),
+        });
+        m.create(dir.path()).unwrap();
+        let err = Manifest::load(&path(dir.path(), "b2")).unwrap_err();
+        assert!(err.to_string().contains("not this backup's"), "{err}");
+        let fifo = dir.path().join("f.json");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &fifo,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        assert!(Manifest::load(&fifo).is_err());
+        std::os::unix::fs::symlink("/dev/zero", dir.path().join("z.json")).unwrap();
+        assert!(Manifest::load(&dir.path().join("z.json")).is_err());
+        assert!(load_all(dir.path()).unwrap().is_empty());
     }
 
     #[test]

@@ -164,6 +164,19 @@ pub(crate) fn decide(i: &Inputs<'_>) -> Result<BackupPlan> {
 
 /// Why an incremental on top of `parent` is impossible, if it is.
 fn incremental_blocker(i: &Inputs<'_>, parent: &Manifest) -> Option<String> {
+    // Built only on a chain that restores: every member complete, every image there.
+    match manifest::chain(i.all, &parent.id) {
+        Err(e) => return Some(format!("the last backup's chain is broken: {e}")),
+        Ok(chain) => {
+            let missing = chain
+                .iter()
+                .flat_map(|m| m.disks.iter().map(|d| &d.image))
+                .find(|img| !i.dir.join(img).is_file());
+            if let Some(img) = missing {
+                return Some(format!("image {img} of the last backup's chain is missing"));
+            }
+        }
+    }
     if parent.disks.len() != i.chosen.len() {
         return Some(format!(
             "the last backup ({}) has {} disks, this one {}",
@@ -243,9 +256,11 @@ fn disk_backup(
             "disk {disk} has no node-name; start QEMU with -blockdev ...,node-name=NAME"
         ))
     })?;
-    if node.starts_with('#') {
+    if inserted.drv != "qcow2" || inserted.ro {
         return Err(Error::Invalid(format!(
-            "disk {disk}'s active node is {node}, one QEMU added itself (a block job, e.g. another backup, is running on it); wait for it to finish"
+            "disk {disk} ({node}) is {}{}: backups keep their bitmaps in a writable qcow2 image; leave it out with --disk",
+            inserted.drv,
+            if inserted.ro { ", read-only" } else { "" }
         )));
     }
     let safe: String = disk

@@ -114,7 +114,9 @@ pub struct VerifyReport {
 /// [`Error::VerifyFailed`] listing every problem found.
 pub fn verify(manifest_path: &Path) -> Result<VerifyReport> {
     let (dir, m, all) = open(manifest_path)?;
-    let chain = manifest::chain(&all, &m.id)?;
+    let chain = manifest::chain(&all, &m.id).map_err(|e| Error::VerifyFailed {
+        problems: vec![e.to_string()],
+    })?;
     let mut problems = Vec::new();
     let mut images = 0;
     for (i, b) in chain.iter().enumerate() {

@@ -252,6 +252,17 @@ impl Run {
             .execute(&QueryBlock)
             .await
             .map_err(Error::qmp("query-block"))?;
+        // A running block job (another backup, a commit) puts its filter node on top.
+        let jobs = qmp
+            .execute(&qmp::commands::QueryJobs)
+            .await
+            .map_err(Error::qmp("query-jobs"))?;
+        if let Some(j) = jobs.iter().find(|j| j.status != "concluded") {
+            return Err(Error::Invalid(format!(
+                "a block job ({} {}) is running on the VM; wait for it to finish",
+                j.kind, j.id
+            )));
+        }
         let wanted = crate::disks::resolve_names(&qmp, &blocks, &req.vm.disks).await?;
         let chosen = crate::plan::chosen(&blocks, &wanted)?;
         let nodes = qmp
@@ -388,16 +399,12 @@ impl Run {
 
     fn finish_abort(&self, error: Error, left: Vec<String>, dir: &Path) -> Error {
         let path = manifest::path(dir, &self.plan.id);
-        if left.is_empty() {
-            if let Err(e) = std::fs::remove_file(&path)
-                && e.kind() != std::io::ErrorKind::NotFound
-            {
-                return Error::CleanupIncomplete {
-                    failure: error.failure(),
-                    left: vec![format!("manifest {}: {e}", path.display())],
-                };
-            }
-            return error;
+        let mut left = left;
+        if left.is_empty()
+            && let Err(e) = std::fs::remove_file(&path)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            left.push(format!("manifest {}: {e}", path.display()));
         }
         match error {
             Error::ThawUnconfirmed {
@@ -406,15 +413,29 @@ impl Run {
                 left: mut l,
             } => {
                 l.extend(left);
-                Error::ThawUnconfirmed {
-                    qga,
-                    source,
-                    left: l,
-                }
+                Error::ThawUnconfirmed { qga, source, left: l }
             }
-            other => Error::CleanupIncomplete {
+            other if !left.is_empty() => Error::CleanupIncomplete {
                 failure: other.failure(),
                 left,
+            },
+            // Their own words are right for a backup too.
+            e @ (Error::Interrupted
+            | Error::QuiesceFailed { .. }
+            | Error::QuiesceUnavailable { .. }
+            | Error::BackupFailed { .. }) => e,
+            Error::SnapshotFailed { during, source } => Error::BackupFailed {
+                during: during.replace("overlay", "target"),
+                reason: source.to_string(),
+            },
+            Error::Qmp { during, source } => Error::BackupFailed {
+                during: during.into(),
+                reason: source.to_string(),
+            },
+            // Anything else (I/O, hashing): the backup failed, undone.
+            other => Error::BackupFailed {
+                during: "running".into(),
+                reason: other.failure(),
             },
         }
     }

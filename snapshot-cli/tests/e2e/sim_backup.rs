@@ -214,7 +214,8 @@ async fn a_lost_transaction_reply_undoes_whatever_started() {
         r.vm.monitor().set_job_speed(1);
         r.vm.monitor().disconnect_on("transaction", false);
         let err = r.backup(true).await.unwrap_err();
-        assert!(matches!(err, Error::Qmp { .. }), "{err}");
+        assert!(matches!(err, Error::BackupFailed { .. }), "{err}");
+        assert_eq!(err.exit_code(), 4);
         r.assert_undone(&bitmaps, &files);
     })
     .await;
