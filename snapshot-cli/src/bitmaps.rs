@@ -118,8 +118,12 @@ pub(crate) fn merge_up_actions(
 }
 
 /// The actions that carry `top`'s bitmaps down into `base` during a commit.
+///
+/// `between` are the nodes between top and base (a commit of several layers): their
+/// copies are merged as well — they hold the writes made while each was on top.
 pub(crate) fn down_actions(
     top: &[DirtyBitmapInfo],
+    between: &[(&str, &[DirtyBitmapInfo])],
     base: &[DirtyBitmapInfo],
     top_node: &str,
     base_node: &str,
@@ -142,10 +146,18 @@ pub(crate) fn down_actions(
             BlockDirtyBitmapMerge {
                 node: base_node.to_owned(),
                 target: b.name.clone(),
-                bitmaps: vec![BitmapRef::Node {
-                    node: top_node.to_owned(),
-                    name: b.name.clone(),
-                }],
+                bitmaps: std::iter::once(top_node)
+                    .chain(
+                        between
+                            .iter()
+                            .filter(|(_, bs)| bs.iter().any(|x| x.name() == b.name))
+                            .map(|(n, _)| *n),
+                    )
+                    .map(|node| BitmapRef::Node {
+                        node: node.to_owned(),
+                        name: b.name.clone(),
+                    })
+                    .collect(),
             },
         ));
     }
@@ -179,14 +191,31 @@ pub(crate) async fn carry_down(qmp: &qmp::Client, top: &str, base: &str) {
             return;
         }
     };
-    let of = |name: &str| -> Vec<DirtyBitmapInfo> {
-        nodes
-            .iter()
-            .find(|n: &&BlockDeviceInfo| n.node_name.as_deref() == Some(name))
+    let node = |name: &str| nodes.iter().find(|n| n.node_name.as_deref() == Some(name));
+    let of = |name: &str| {
+        node(name)
             .map(|n| n.dirty_bitmaps.clone())
             .unwrap_or_default()
     };
-    let actions = down_actions(&of(top), &of(base), top, base);
+    // The layers strictly between top and base, by image file, top down.
+    let base_file = node(base).map(|n| n.image.filename.clone());
+    let mut between: Vec<(&str, &[DirtyBitmapInfo])> = Vec::new();
+    if let Some(t) = node(top) {
+        for img in t.image.chain().skip(1) {
+            if Some(&img.filename) == base_file.as_ref() {
+                break;
+            }
+            let layer = nodes
+                .iter()
+                .find(|n| n.image.filename == img.filename && !n.dirty_bitmaps.is_empty());
+            if let Some(n) = layer
+                && let Some(name) = n.node_name.as_deref()
+            {
+                between.push((name, &n.dirty_bitmaps));
+            }
+        }
+    }
+    let actions = down_actions(&of(top), &between, &of(base), top, base);
     if actions.is_empty() {
         return;
     }
@@ -236,7 +265,14 @@ mod tests {
             bitmap("qsnap-busy", true, true),
             bitmap("theirs", true, false),
         ];
-        let v = serde_json::to_value(down_actions(&top, &base, "ov", "d0")).unwrap();
+        let mid = [bitmap("qsnap-new", false, false)];
+        let between: [(&str, &[DirtyBitmapInfo]); 1] = [("mid", &mid)];
+        let actions = down_actions(&top, &between, &base, "ov", "d0");
+        let v = serde_json::to_value(&actions).unwrap();
+        assert_eq!(
+            v[1]["data"]["bitmaps"][1]["node"], "mid",
+            "the layer between merged too"
+        );
         let kinds: Vec<(String, String)> = v
             .as_array()
             .unwrap()

@@ -84,12 +84,23 @@ pub(crate) fn chain(image: &Path, format: &str) -> Result<Vec<ChainImage>> {
         .map_err(|e| Error::Invalid(format!("qemu-img info: unexpected output: {e}")))
 }
 
+/// Set to stop a hash (or a restore or verify) at the next MiB: Ctrl-C.
+pub type Stop = std::sync::atomic::AtomicBool;
+
+fn stopped(stop: &Stop) -> Result<()> {
+    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+        return Err(Error::Interrupted);
+    }
+    Ok(())
+}
+
 /// Hashes the guest-visible content of `image` (with its backing chain).
-pub(crate) fn hash(image: &Path, format: &str) -> Result<Content> {
+pub(crate) fn hash(image: &Path, format: &str, stop: &Stop) -> Result<Content> {
     let chain = chain(image, format)?;
     let out = qemu_img(&["map", "-U", "--output=json", "-f", format, path_str(image)?])?;
     let extents: Vec<Extent> = serde_json::from_slice(&out)
         .map_err(|e| Error::Invalid(format!("qemu-img map: unexpected output: {e}")))?;
+    let size = chain.first().map_or(0, |c| c.virtual_size);
     let mut files: Vec<Option<std::fs::File>> = chain.iter().map(|_| None).collect();
     let mut sha = Sha256::new();
     let mut data_bytes = 0;
@@ -97,15 +108,25 @@ pub(crate) fn hash(image: &Path, format: &str) -> Result<Content> {
     let zeros = vec![0u8; 1 << 20];
     let mut buf = vec![0u8; 1 << 20];
     for e in &extents {
+        stopped(stop)?;
         if e.start != expected_start {
             return Err(Error::Invalid(format!(
                 "qemu-img map of {}: a gap at {expected_start}",
                 image.display()
             )));
         }
-        expected_start = e.start + e.length;
+        expected_start = e
+            .start
+            .checked_add(e.length)
+            .filter(|end| *end <= size)
+            .ok_or_else(|| {
+                Error::Invalid(format!(
+                    "qemu-img map of {}: an extent beyond the image",
+                    image.display()
+                ))
+            })?;
         if !e.data {
-            feed(&mut sha, &zeros, e.length);
+            feed(&mut sha, &zeros, e.length, stop)?;
             continue;
         }
         let (Some(offset), false) = (e.offset, e.compressed) else {
@@ -132,13 +153,14 @@ pub(crate) fn hash(image: &Path, format: &str) -> Result<Content> {
         let Some(file) = files[e.depth].as_mut() else {
             continue;
         };
-        copy_range(file, offset, e.length, &mut buf, &mut sha).map_err(|source| Error::Io {
-            what: "cannot read",
-            path: PathBuf::from(&layer.filename),
-            source,
+        copy_range(file, offset, e.length, &mut buf, &mut sha, stop)?.map_err(|source| {
+            Error::Io {
+                what: "cannot read",
+                path: PathBuf::from(&layer.filename),
+                source,
+            }
         })?;
     }
-    let size = chain.first().map_or(0, |c| c.virtual_size);
     if expected_start != size {
         return Err(Error::Invalid(format!(
             "qemu-img map of {} covers {expected_start} of {size} bytes",
@@ -151,29 +173,38 @@ pub(crate) fn hash(image: &Path, format: &str) -> Result<Content> {
     })
 }
 
-fn feed(sha: &mut Sha256, zeros: &[u8], mut len: u64) {
+fn feed(sha: &mut Sha256, zeros: &[u8], mut len: u64, stop: &Stop) -> Result<()> {
     while len > 0 {
+        stopped(stop)?;
         let n = len.min(zeros.len() as u64);
         sha.update(&zeros[..n as usize]);
         len -= n;
     }
+    Ok(())
 }
 
+/// Hashes `len` bytes at `offset`; the outer error is an interrupt, the inner one I/O.
 fn copy_range(
     file: &mut std::fs::File,
     offset: u64,
     mut len: u64,
     buf: &mut [u8],
     sha: &mut Sha256,
-) -> std::io::Result<()> {
-    file.seek(SeekFrom::Start(offset))?;
+    stop: &Stop,
+) -> Result<std::io::Result<()>> {
+    if let Err(e) = file.seek(SeekFrom::Start(offset)) {
+        return Ok(Err(e));
+    }
     while len > 0 {
+        stopped(stop)?;
         let n = len.min(buf.len() as u64) as usize;
-        file.read_exact(&mut buf[..n])?;
+        if let Err(e) = file.read_exact(&mut buf[..n]) {
+            return Ok(Err(e));
+        }
         sha.update(&buf[..n]);
         len -= n as u64;
     }
-    Ok(())
+    Ok(Ok(()))
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -246,17 +277,27 @@ mod tests {
         write(&base, 2, "1M");
         let top = img(dir.path(), "top.qcow2", Some("base.qcow2"));
         write(&top, 3, "1M");
-        let got = hash(&top, "qcow2").unwrap();
+        let got = hash(&top, "qcow2", &Stop::new(false)).unwrap();
         assert_eq!(got.data_bytes, 65536);
         let flat = dir.path().join("flat.raw");
         std::fs::File::create(&flat).unwrap();
         convert(&top, &flat, "raw").unwrap();
-        assert_eq!(hash(&flat, "raw").unwrap().sha256, got.sha256);
+        assert_eq!(
+            hash(&flat, "raw", &Stop::new(false)).unwrap().sha256,
+            got.sha256
+        );
         let mut expected = vec![0u8; 4 << 20];
         expected[..65536].fill(1);
         expected[1 << 20..(1 << 20) + 65536].fill(3);
         assert_eq!(got.sha256, hex(&Sha256::digest(&expected)));
-        assert_ne!(hash(&base, "qcow2").unwrap().sha256, got.sha256);
+        assert_ne!(
+            hash(&base, "qcow2", &Stop::new(false)).unwrap().sha256,
+            got.sha256
+        );
+        assert!(matches!(
+            hash(&top, "qcow2", &Stop::new(true)),
+            Err(Error::Interrupted)
+        ));
         check(&top).unwrap();
         let names: Vec<_> = chain(&top, "qcow2")
             .unwrap()

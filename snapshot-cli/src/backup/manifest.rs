@@ -193,7 +193,9 @@ impl Manifest {
             .custom_flags(libc_flags())
             .open(path)
             .map_err(io("cannot read the manifest", path))?;
-        let meta = file.metadata().map_err(io("cannot read the manifest", path))?;
+        let meta = file
+            .metadata()
+            .map_err(io("cannot read the manifest", path))?;
         if !meta.is_file() || meta.len() > MAX_MANIFEST {
             return Err(Error::Invalid(format!(
                 "{} is not a qsnap manifest (not a regular file of at most 1 MiB)",
@@ -228,7 +230,9 @@ impl Manifest {
                 && d.target_node.starts_with(crate::disks::NODE_PREFIX)
                 && d.target_file_node == format!("{}-f", d.target_node)
                 && d.job == format!("{}-backup", d.target_node)
-                && d.from_bitmap.as_ref().is_none_or(|b| b.starts_with(crate::bitmaps::BITMAP_PREFIX));
+                && d.from_bitmap
+                    .as_ref()
+                    .is_none_or(|b| b.starts_with(crate::bitmaps::BITMAP_PREFIX));
             if !ours {
                 return Err(Error::Invalid(format!(
                     "{}: disk {:?} names bitmaps, nodes or jobs that are not this backup's",

@@ -14,7 +14,7 @@
 //! transaction with bitmap actions, and it is not needed — qsnap waits for every job
 //! and decides the generations itself.
 
-mod content;
+pub mod content;
 mod jobs;
 pub mod manifest;
 mod plan;
@@ -22,6 +22,7 @@ mod request;
 mod restore;
 mod run;
 
+pub use content::Stop;
 pub use request::{BackupReport, BackupRequest, BackupTimings};
 pub use restore::{BackupList, ChainSummary, RestoreReport, VerifyReport, list, restore, verify};
 pub use run::backup;

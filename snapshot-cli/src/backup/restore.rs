@@ -2,7 +2,7 @@
 //! standalone image, verifying a backup's chain and checksums. No QEMU process runs;
 //! `qemu-img` reads the images (see [`super::content`]).
 
-use super::content;
+use super::content::{self, Stop};
 use super::manifest::{self, Kind, Manifest, State};
 use crate::error::{Error, Result};
 use serde::Serialize;
@@ -112,7 +112,7 @@ pub struct VerifyReport {
 ///
 /// # Errors
 /// [`Error::VerifyFailed`] listing every problem found.
-pub fn verify(manifest_path: &Path) -> Result<VerifyReport> {
+pub fn verify(manifest_path: &Path, stop: &Stop) -> Result<VerifyReport> {
     let (dir, m, all) = open(manifest_path)?;
     let chain = manifest::chain(&all, &m.id).map_err(|e| Error::VerifyFailed {
         problems: vec![e.to_string()],
@@ -122,7 +122,10 @@ pub fn verify(manifest_path: &Path) -> Result<VerifyReport> {
     for (i, b) in chain.iter().enumerate() {
         for d in &b.disks {
             images += 1;
-            if let Err(e) = verify_image(&dir, &chain[..=i], &d.disk) {
+            if let Err(e) = verify_image(&dir, &chain[..=i], &d.disk, stop) {
+                if matches!(e, Error::Interrupted) {
+                    return Err(e);
+                }
                 problems.push(format!("backup {} disk {}: {e}", b.id, d.disk));
             }
         }
@@ -150,7 +153,7 @@ fn disk_images(dir: &Path, chain: &[Manifest], disk: &str) -> Result<Vec<PathBuf
 }
 
 /// Checks the last backup of `chain`'s image of `disk`.
-fn verify_image(dir: &Path, chain: &[Manifest], disk: &str) -> Result<()> {
+fn verify_image(dir: &Path, chain: &[Manifest], disk: &str, stop: &Stop) -> Result<()> {
     let Some(last) = chain.last() else {
         return Ok(());
     };
@@ -180,7 +183,7 @@ fn verify_image(dir: &Path, chain: &[Manifest], disk: &str) -> Result<()> {
             "a chain member has another format or size".into(),
         ));
     }
-    let got = content::hash(&top, "qcow2")?;
+    let got = content::hash(&top, "qcow2", stop)?;
     match &d.sha256 {
         Some(want) if *want == got.sha256 => Ok(()),
         Some(want) => Err(Error::Invalid(format!(
@@ -219,6 +222,7 @@ pub fn restore(
     disk: Option<&str>,
     to: &Path,
     format: &str,
+    stop: &Stop,
 ) -> Result<RestoreReport> {
     if !matches!(format, "qcow2" | "raw") {
         return Err(Error::Invalid(format!(
@@ -270,7 +274,7 @@ pub fn restore(
     let created = crate::overlay::create_exclusive(&tmp, &dir.join(&d.image))?;
     let result = (|| {
         content::convert(&dir.join(&d.image), &tmp, format)?;
-        let got = content::hash(&tmp, format)?;
+        let got = content::hash(&tmp, format, stop)?;
         if got.sha256 != want {
             return Err(Error::Invalid(format!(
                 "the restored content's SHA-256 {} differs from the manifest's {want}",

@@ -139,18 +139,32 @@ pub async fn backup(
             during: "closing the targets".into(),
             reason: released.left.join("; "),
         };
-        return Err(run.abort_after_release(e, dir, &files, released.left).await);
+        // A file QEMU may still have open is never unlinked: listed instead.
+        let mut left = released.left;
+        left.extend(files.iter().map(|f| {
+            format!(
+                "file {} (its node may still be open in QEMU)",
+                f.path.display()
+            )
+        }));
+        return Err(run.abort_after_release(e, dir, &[], left).await);
     }
     let t = Instant::now();
     for (d, m) in run.plan.disks.iter().zip(manifest.disks.iter_mut()) {
-        // Reading a whole disk: off the runtime's thread, so signals are still served.
+        // Reading a whole disk: off the runtime's thread, so signals are still served;
+        // an interrupt stops it at the next MiB.
         let path = d.target.path.clone();
-        let hashed = tokio::task::spawn_blocking(move || content::hash(&path, "qcow2"));
-        let hashed = match interruptible(cancel, hashed).await {
-            Ok(Ok(h)) => h,
-            Ok(Err(join)) => Err(Error::Invalid(format!("hashing failed: {join}"))),
-            Err(e) => Err(e),
+        let stop = std::sync::Arc::new(content::Stop::new(false));
+        let flag = stop.clone();
+        let mut task = tokio::task::spawn_blocking(move || content::hash(&path, "qcow2", &flag));
+        let joined = tokio::select! {
+            j = &mut task => j,
+            () = cancel.cancelled() => {
+                stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                task.await
+            }
         };
+        let hashed = joined.unwrap_or_else(|e| Err(Error::Invalid(format!("hashing failed: {e}"))));
         let c = match hashed {
             Ok(c) => c,
             Err(e) => return Err(run.abort_after_release(e, dir, &files, vec![]).await),
@@ -413,7 +427,11 @@ impl Run {
                 left: mut l,
             } => {
                 l.extend(left);
-                Error::ThawUnconfirmed { qga, source, left: l }
+                Error::ThawUnconfirmed {
+                    qga,
+                    source,
+                    left: l,
+                }
             }
             other if !left.is_empty() => Error::CleanupIncomplete {
                 failure: other.failure(),
@@ -535,16 +553,68 @@ async fn reap_dead(qmp: &qmp::Client, dir: &Path, dead: &[&Manifest], warnings: 
         if let Err(e) = remove_bitmaps(qmp, |n| names.contains(&n)).await {
             warn!(error = %e, "bitmaps of the dead run not removed");
         }
+        // Checked, not assumed: only a run whose jobs, nodes and bitmaps are all gone
+        // is marked failed; otherwise it stays in progress and the next run retries.
+        let left = dead_leftovers(qmp, m).await;
+        let images: Vec<&str> = m.disks.iter().map(|d| d.image.as_str()).collect();
+        if !left.is_empty() {
+            warnings.push(format!(
+                "backup {} had died mid-copy; cleaning up after it left: {} (the next backup retries)",
+                m.id,
+                left.join("; ")
+            ));
+            continue;
+        }
         let mut failed = (*m).clone();
         failed.state = State::Failed;
-        if let Err(e) = failed.update(dir) {
-            warn!(error = %e, "cannot mark the dead run failed");
+        match failed.update(dir) {
+            Ok(()) => warnings.push(format!(
+                "backup {} had died mid-copy: its jobs, nodes and bitmaps are gone, it is marked failed; its incomplete images can be deleted: {}",
+                m.id,
+                images.join(", ")
+            )),
+            Err(e) => warnings.push(format!(
+                "backup {} had died mid-copy: its jobs, nodes and bitmaps are gone, but it could not be marked failed: {e}",
+                m.id
+            )),
         }
-        let images: Vec<&str> = m.disks.iter().map(|d| d.image.as_str()).collect();
-        warnings.push(format!(
-            "backup {} had died mid-copy: cleaned up in QEMU, marked failed; its incomplete images can be deleted: {}",
-            m.id,
-            images.join(", ")
-        ));
     }
+}
+
+/// What of a dead run QEMU still has: its jobs, nodes, bitmaps.
+async fn dead_leftovers(qmp: &qmp::Client, m: &Manifest) -> Vec<String> {
+    let mut left = Vec::new();
+    match qmp.execute(&qmp::commands::QueryJobs).await {
+        Ok(jobs) => left.extend(
+            jobs.iter()
+                .filter(|j| m.disks.iter().any(|d| d.job == j.id))
+                .map(|j| format!("job {} ({})", j.id, j.status)),
+        ),
+        Err(e) => left.push(format!("cannot read the jobs: {e}")),
+    }
+    match qmp
+        .execute(&QueryNamedBlockNodes { flat: Some(true) })
+        .await
+    {
+        Ok(nodes) => {
+            for n in &nodes {
+                let name = n.node_name.as_deref().unwrap_or("");
+                if m.disks
+                    .iter()
+                    .any(|d| d.target_node == name || d.target_file_node == name)
+                {
+                    left.push(format!("node {name}"));
+                }
+                for b in &n.dirty_bitmaps {
+                    if m.disks.iter().any(|d| d.bitmap == b.name()) {
+                        left.push(format!("bitmap {} on {name}", b.name()));
+                    }
+                }
+            }
+        }
+        Err(e) => left.push(format!("cannot read the nodes: {e}")),
+    }
+    left.sort();
+    left.dedup();
+    left
 }

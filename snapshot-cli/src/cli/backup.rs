@@ -108,8 +108,39 @@ fn human(r: &BackupReport) -> String {
     s
 }
 
-pub(crate) fn restore(g: &Global, args: &RestoreArgs) -> Result<()> {
-    let r = qsnap::backup::restore(&args.backup, args.disk.as_deref(), &args.to, &args.format)?;
+/// Runs `work` off the runtime's thread; Ctrl-C (the token) stops it at the next MiB.
+async fn stoppable<T: Send + 'static>(
+    cancel: &CancellationToken,
+    work: impl FnOnce(&qsnap::backup::Stop) -> qsnap::Result<T> + Send + 'static,
+) -> Result<T> {
+    let stop = std::sync::Arc::new(qsnap::backup::Stop::new(false));
+    let flag = stop.clone();
+    let mut task = tokio::task::spawn_blocking(move || work(&flag));
+    let joined = tokio::select! {
+        j = &mut task => j,
+        () = cancel.cancelled() => {
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            task.await
+        }
+    };
+    Ok(joined??)
+}
+
+pub(crate) async fn restore(
+    g: &Global,
+    args: RestoreArgs,
+    cancel: &CancellationToken,
+) -> Result<()> {
+    let r = stoppable(cancel, move |stop| {
+        qsnap::backup::restore(
+            &args.backup,
+            args.disk.as_deref(),
+            &args.to,
+            &args.format,
+            stop,
+        )
+    })
+    .await?;
     output::emit(g.json, &r, |r: &RestoreReport| {
         format!(
             "restored disk {} of backup {} to {} ({}), from {} image(s); content sha256 {} matches the manifest",
@@ -124,8 +155,9 @@ pub(crate) fn restore(g: &Global, args: &RestoreArgs) -> Result<()> {
     Ok(())
 }
 
-pub(crate) fn verify(g: &Global, backup: &Path) -> Result<()> {
-    let r = qsnap::backup::verify(backup)?;
+pub(crate) async fn verify(g: &Global, backup: &Path, cancel: &CancellationToken) -> Result<()> {
+    let backup = backup.to_owned();
+    let r = stoppable(cancel, move |stop| qsnap::backup::verify(&backup, stop)).await?;
     output::emit(g.json, &r, |r: &VerifyReport| {
         format!(
             "backup {} verified: {} image(s) in a chain of {} ({}): consistent, chained as recorded, checksums match",

@@ -123,7 +123,14 @@ fn check_restored(
     into: &Path,
 ) -> PathBuf {
     let to = into.join(format!("{}-{disk}.raw", report.manifest.id));
-    let r = qsnap::backup::restore(&report.manifest_path, Some(disk), &to, "raw").unwrap();
+    let r = qsnap::backup::restore(
+        &report.manifest_path,
+        Some(disk),
+        &to,
+        "raw",
+        &Default::default(),
+    )
+    .unwrap();
     assert_eq!(
         Some(&r.sha256),
         report.manifest.disk(disk).unwrap().sha256.as_ref()
@@ -204,7 +211,7 @@ async fn full_then_incremental_each_restore_exactly_the_writers_lines_at_their_i
             );
             assert!(lb > la, "{disk}: the incremental's log must be longer");
         }
-        let v = qsnap::backup::verify(&inc.manifest_path).unwrap();
+        let v = qsnap::backup::verify(&inc.manifest_path, &Default::default()).unwrap();
         assert_eq!(v.chain, [full.manifest.id.clone(), inc.manifest.id.clone()]);
         assert_eq!(v.images, 4);
         // Only the newest generation of bitmaps is left on the disks.
@@ -235,7 +242,14 @@ async fn same_file(vm: &QemuVm, raw: &Path, path: &str) {
 
 fn restore_raw(report: &BackupReport, into: &Path) -> PathBuf {
     let to = into.join(format!("{}.raw", report.manifest.id));
-    qsnap::backup::restore(&report.manifest_path, Some("vblk0"), &to, "raw").unwrap();
+    qsnap::backup::restore(
+        &report.manifest_path,
+        Some("vblk0"),
+        &to,
+        "raw",
+        &Default::default(),
+    )
+    .unwrap();
     assert!(inspect::ext4_clean(&to).unwrap());
     to
 }
@@ -323,7 +337,7 @@ async fn bitmaps_survive_snapshot_commit_and_a_clean_restart_and_an_unclean_exit
         for f in ["/data/a", "/data/b", "/data/a2", "/data/c"] {
             same_file(&vm, &raw, f).await;
         }
-        qsnap::backup::verify(&inc2.manifest_path).unwrap();
+        qsnap::backup::verify(&inc2.manifest_path, &Default::default()).unwrap();
 
         // QEMU killed: the bitmap (stored by a clean close, then marked in use when
         // opened) is inconsistent, so the next backup is full, and says why.
@@ -513,7 +527,7 @@ async fn a_copy_that_fails_on_a_full_target_and_a_qsnap_killed_mid_copy_lose_no_
         for f in ["/data/bulk", "/data/big", "/data/more"] {
             same_file(&vm, &raw, f).await;
         }
-        qsnap::backup::verify(&inc.manifest_path).unwrap();
+        qsnap::backup::verify(&inc.manifest_path, &Default::default()).unwrap();
     })
     .await;
 }
