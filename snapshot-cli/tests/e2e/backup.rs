@@ -441,18 +441,25 @@ async fn a_copy_that_fails_on_a_full_target_and_a_qsnap_killed_mid_copy_lose_no_
         std::fs::remove_file(dir.join("filler")).unwrap();
         assert_eq!(names(dir), before);
 
-        // Room when qsnap looked, but another writer fills the filesystem before the
-        // freeze: the copy fails mid-way. (The guest's writer is off: QEMU fails guest
-        // writes that need a cluster copied while the target is failing.)
+        // Room when qsnap looked, but another writer fills the filesystem while the
+        // (rate-limited) copy runs: the copy fails mid-way. The filesystem fills only
+        // once the copy is under way and the guest quiet (its writer is off): a guest
+        // write that needs a cluster copied while the target is failing fails itself —
+        // right at the thaw, that was seen to stall the guest's agent (exit 5).
         let mut req = backup_request(&vm, dir, true);
+        req.speed = Some(256 << 10);
         let d = dir.to_owned();
-        req.vm.before_freeze = Some(qsnap::BeforeFreeze(std::sync::Arc::new(move |_| {
-            fill(&d, 2 << 20);
-            Box::pin(async {})
-        })));
-        let err = qsnap::backup(&req, &CancellationToken::new(), &mut |_| {})
+        let mut filled = false;
+        let mut on_progress = |p: qsnap::commit::Progress| {
+            if p.current > 0 && !filled {
+                filled = true;
+                fill(&d, 64 << 10);
+            }
+        };
+        let err = qsnap::backup(&req, &CancellationToken::new(), &mut on_progress)
             .await
             .unwrap_err();
+        assert!(filled, "the copy never started");
         assert_eq!(err.exit_code(), 4, "{err:?}");
         assert!(matches!(err, qsnap::Error::BackupFailed { .. }), "{err}");
         std::fs::remove_file(dir.join("filler")).unwrap();
