@@ -42,18 +42,12 @@ pub fn backing_chain(image: &Path) -> Result<Vec<String>> {
 /// # Errors
 /// `qemu-img convert` or `dumpe2fs` fails.
 pub fn ext4_needs_recovery(image: &Path) -> Result<bool> {
-    let tmp = tempfile::Builder::new().suffix(".raw").tempfile()?;
-    run(
-        "qemu-img convert",
-        Command::new("qemu-img")
-            .args(["convert", "-U", "-O", "raw"])
-            .arg(image)
-            .arg(tmp.path()),
-    )?;
-    let header = run(
-        "dumpe2fs",
-        Command::new("dumpe2fs").arg("-h").arg(tmp.path()),
-    )?;
+    raw_needs_recovery(raw_copy(image)?.path())
+}
+
+/// Whether the ext4 filesystem of the raw image `raw` has a journal to replay.
+fn raw_needs_recovery(raw: &Path) -> Result<bool> {
+    let header = run("dumpe2fs", Command::new("dumpe2fs").arg("-h").arg(raw))?;
     let features = header
         .lines()
         .find(|l| l.starts_with("Filesystem features:"))
@@ -102,11 +96,7 @@ pub fn ext4_file(raw: &Path, path: &str) -> Result<Vec<u8>> {
 /// # Errors
 /// A tool could not run.
 pub fn ext4_clean(raw: &Path) -> Result<bool> {
-    let header = run("dumpe2fs", Command::new("dumpe2fs").arg("-h").arg(raw))?;
-    let recovery = header
-        .lines()
-        .find(|l| l.starts_with("Filesystem features:"))
-        .is_some_and(|l| l.split_whitespace().any(|f| f == "needs_recovery"));
+    let recovery = raw_needs_recovery(raw)?;
     let fsck = Command::new("e2fsck")
         .args(["-f", "-n"])
         .arg(raw)

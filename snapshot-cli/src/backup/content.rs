@@ -94,6 +94,28 @@ fn stopped(stop: &Stop) -> Result<()> {
     Ok(())
 }
 
+/// Runs `work` off the runtime's thread (reading whole disks must not keep signals
+/// from being served); `cancel` stops it at its next [`Stop`] check.
+///
+/// # Errors
+/// `work`'s, or [`Error::Interrupted`] when it stopped.
+pub async fn stoppable<T: Send + 'static>(
+    cancel: &tokio_util::sync::CancellationToken,
+    work: impl FnOnce(&Stop) -> Result<T> + Send + 'static,
+) -> Result<T> {
+    let stop = std::sync::Arc::new(Stop::new(false));
+    let flag = stop.clone();
+    let mut task = tokio::task::spawn_blocking(move || work(&flag));
+    let joined = tokio::select! {
+        j = &mut task => j,
+        () = cancel.cancelled() => {
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            task.await
+        }
+    };
+    joined.unwrap_or_else(|e| Err(Error::Invalid(format!("the work thread failed: {e}"))))
+}
+
 /// Hashes the guest-visible content of `image` (with its backing chain).
 pub(crate) fn hash(image: &Path, format: &str, stop: &Stop) -> Result<Content> {
     let chain = chain(image, format)?;

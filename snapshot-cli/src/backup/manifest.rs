@@ -140,16 +140,7 @@ pub fn path(dir: &Path, id: &str) -> PathBuf {
 impl Manifest {
     /// Writes it for the first time: never over an existing file.
     pub(crate) fn create(&self, dir: &Path) -> Result<()> {
-        let path = path(dir, &self.id);
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o644)
-            .open(&path)
-            .map_err(io("cannot create the manifest", &path))?;
-        file.write_all(&self.bytes())
-            .and_then(|()| file.sync_all())
-            .map_err(io("cannot write the manifest", &path))
+        self.write_new(&path(dir, &self.id))
     }
 
     /// Rewrites it atomically (a temporary file renamed over it).
@@ -157,20 +148,25 @@ impl Manifest {
         let path = path(dir, &self.id);
         let tmp = dir.join(format!(".{}.json.tmp", self.id));
         let _ = std::fs::remove_file(&tmp);
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o644)
-            .open(&tmp)
-            .map_err(io("cannot create the manifest", &tmp))?;
-        file.write_all(&self.bytes())
-            .and_then(|()| file.sync_all())
-            .map_err(io("cannot write the manifest", &tmp))?;
+        self.write_new(&tmp)?;
         std::fs::rename(&tmp, &path).map_err(io("cannot replace the manifest", &path))?;
         if let Ok(d) = std::fs::File::open(dir) {
             let _ = d.sync_all();
         }
         Ok(())
+    }
+
+    /// Writes it to a new file at `path` (`O_EXCL`) and syncs it.
+    fn write_new(&self, path: &Path) -> Result<()> {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .open(path)
+            .map_err(io("cannot create the manifest", path))?;
+        file.write_all(&self.bytes())
+            .and_then(|()| file.sync_all())
+            .map_err(io("cannot write the manifest", path))
     }
 
     fn bytes(&self) -> Vec<u8> {

@@ -151,20 +151,9 @@ pub async fn backup(
     }
     let t = Instant::now();
     for (d, m) in run.plan.disks.iter().zip(manifest.disks.iter_mut()) {
-        // Reading a whole disk: off the runtime's thread, so signals are still served;
-        // an interrupt stops it at the next MiB.
         let path = d.target.path.clone();
-        let stop = std::sync::Arc::new(content::Stop::new(false));
-        let flag = stop.clone();
-        let mut task = tokio::task::spawn_blocking(move || content::hash(&path, "qcow2", &flag));
-        let joined = tokio::select! {
-            j = &mut task => j,
-            () = cancel.cancelled() => {
-                stop.store(true, std::sync::atomic::Ordering::Relaxed);
-                task.await
-            }
-        };
-        let hashed = joined.unwrap_or_else(|e| Err(Error::Invalid(format!("hashing failed: {e}"))));
+        let hashed =
+            content::stoppable(cancel, move |stop| content::hash(&path, "qcow2", stop)).await;
         let c = match hashed {
             Ok(c) => c,
             Err(e) => return Err(run.abort_after_release(e, dir, &files, vec![]).await),

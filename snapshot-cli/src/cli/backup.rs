@@ -108,30 +108,12 @@ fn human(r: &BackupReport) -> String {
     s
 }
 
-/// Runs `work` off the runtime's thread; Ctrl-C (the token) stops it at the next MiB.
-async fn stoppable<T: Send + 'static>(
-    cancel: &CancellationToken,
-    work: impl FnOnce(&qsnap::backup::Stop) -> qsnap::Result<T> + Send + 'static,
-) -> Result<T> {
-    let stop = std::sync::Arc::new(qsnap::backup::Stop::new(false));
-    let flag = stop.clone();
-    let mut task = tokio::task::spawn_blocking(move || work(&flag));
-    let joined = tokio::select! {
-        j = &mut task => j,
-        () = cancel.cancelled() => {
-            stop.store(true, std::sync::atomic::Ordering::Relaxed);
-            task.await
-        }
-    };
-    Ok(joined??)
-}
-
 pub(crate) async fn restore(
     g: &Global,
     args: RestoreArgs,
     cancel: &CancellationToken,
 ) -> Result<()> {
-    let r = stoppable(cancel, move |stop| {
+    let r = qsnap::backup::content::stoppable(cancel, move |stop| {
         qsnap::backup::restore(
             &args.backup,
             args.disk.as_deref(),
@@ -157,7 +139,9 @@ pub(crate) async fn restore(
 
 pub(crate) async fn verify(g: &Global, backup: &Path, cancel: &CancellationToken) -> Result<()> {
     let backup = backup.to_owned();
-    let r = stoppable(cancel, move |stop| qsnap::backup::verify(&backup, stop)).await?;
+    let r =
+        qsnap::backup::content::stoppable(cancel, move |stop| qsnap::backup::verify(&backup, stop))
+            .await?;
     output::emit(g.json, &r, |r: &VerifyReport| {
         format!(
             "backup {} verified: {} image(s) in a chain of {} ({}): consistent, chained as recorded, checksums match",
