@@ -105,14 +105,7 @@ impl Settle<'_> {
     }
 
     fn fill_report(&mut self, switch: &Switch) {
-        let t = &mut self.report.timings_ms;
-        t.freeze_call = switch.timings.freeze_call;
-        t.thaw_call = switch.timings.thaw_call;
-        t.frozen_window = switch.timings.frozen_window;
-        t.in_freeze_overhead = switch.timings.in_freeze_overhead;
-        if let Disks::SwitchedInTime { took } = switch.disks {
-            t.transaction = took.as_secs_f64() * 1000.0;
-        }
+        switch.fill(&mut self.report.timings_ms);
         self.report.guardian = switch.guardian;
         if let Guest::Thawed { frozen, thaw } = &switch.guest {
             self.report.frozen_filesystems = *frozen;

@@ -71,6 +71,19 @@ pub(crate) struct WindowTimings {
 
 /// The snapshot's transaction: each disk switches onto its overlay (which already
 /// has the disk's recording bitmaps, see [`crate::bitmaps`]).
+impl Switch {
+    /// Copies the window's durations into a report's timings.
+    pub(crate) fn fill(&self, t: &mut crate::report::Timings) {
+        t.freeze_call = self.timings.freeze_call;
+        t.thaw_call = self.timings.thaw_call;
+        t.frozen_window = self.timings.frozen_window;
+        t.in_freeze_overhead = self.timings.in_freeze_overhead;
+        if let Disks::SwitchedInTime { took } = self.disks {
+            t.transaction = ms(took);
+        }
+    }
+}
+
 pub(crate) fn transaction(disks: &[DiskPlan]) -> Transaction {
     Transaction {
         actions: disks

@@ -40,29 +40,17 @@ impl BackupRequest {
     }
 }
 
-/// Durations, milliseconds.
+/// Durations, milliseconds: a snapshot's (the same phases and window), plus the copy
+/// and the hashing.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct BackupTimings {
-    /// Connecting, reading the VM and the directory.
-    pub plan: f64,
-    /// Creating and adding the targets (outside the freeze).
-    pub prepare: f64,
-    /// The freeze command's round trip.
-    pub freeze_call: f64,
-    /// The transaction's round trip.
-    pub transaction: f64,
-    /// The thaw command's round trip.
-    pub thaw_call: f64,
-    /// Freeze sent → thaw answered.
-    pub frozen_window: f64,
-    /// Freeze answered → thaw sent: qsnap's own share of the window.
-    pub in_freeze_overhead: f64,
+    /// Plan, prepare, the frozen window, total: as for a snapshot.
+    #[serde(flatten)]
+    pub common: crate::report::Timings,
     /// The jobs' copy (the guest runs meanwhile).
     pub copy: f64,
     /// Hashing the images.
     pub checksum: f64,
-    /// Everything.
-    pub total: f64,
 }
 
 /// The result of a backup.

@@ -40,7 +40,7 @@ pub async fn backup(
     let lock = coordinator::lock(&req.vm)?;
     let mut times = BackupTimings::default();
     let mut run = Run::plan(req, cancel).await?;
-    times.plan = ms(start.elapsed());
+    times.common.plan = ms(start.elapsed());
 
     // Prepare, outside the freeze. The manifest comes first: it names everything the
     // run creates, so a later run can clean up after this one if it dies.
@@ -71,7 +71,7 @@ pub async fn backup(
     for d in &run.plan.disks {
         prepared.record_job(&d.job);
     }
-    times.prepare = ms(t.elapsed());
+    times.common.prepare = ms(t.elapsed());
 
     if let Some(hook) = &req.vm.before_freeze {
         (hook.0)(run.qmp.clone()).await;
@@ -95,7 +95,7 @@ pub async fn backup(
         Ok(s) => s,
         Err(e) => return Err(run.abort(prepared, e, dir).await),
     };
-    fill_timings(&mut times, &switch);
+    switch.fill(&mut times.common);
     let guardian = switch.guardian;
     let consistency = match run.decide(req, &mut switch).await {
         Ok(c) => c,
@@ -172,7 +172,7 @@ pub async fn backup(
         return Err(run.abort_after_release(e, dir, &files, vec![]).await);
     }
     let retired = run.retire().await;
-    times.total = ms(start.elapsed());
+    times.common.total = ms(start.elapsed());
     info!(id = manifest.id, kind = ?manifest.kind, "backup complete");
     let report = BackupReport {
         manifest_path: manifest::path(dir, &manifest.id),
@@ -208,16 +208,6 @@ fn check_dir(dir: &Path) -> Result<()> {
         )));
     }
     crate::plan::check_not_swappable(dir)
-}
-
-fn fill_timings(t: &mut BackupTimings, s: &Switch) {
-    t.freeze_call = s.timings.freeze_call;
-    t.thaw_call = s.timings.thaw_call;
-    t.frozen_window = s.timings.frozen_window;
-    t.in_freeze_overhead = s.timings.in_freeze_overhead;
-    if let Disks::SwitchedInTime { took } = s.disks {
-        t.transaction = took.as_secs_f64() * 1000.0;
-    }
 }
 
 /// A run's state between phases.

@@ -73,7 +73,9 @@ fn human(r: &BackupReport) -> String {
     let how = match m.consistency {
         Consistency::Quiesced => format!(
             "quiesced: {} filesystem(s) frozen for {:.1} ms (backup started in {:.2} ms of it)",
-            m.frozen_filesystems, r.timings_ms.frozen_window, r.timings_ms.in_freeze_overhead
+            m.frozen_filesystems,
+            r.timings_ms.common.frozen_window,
+            r.timings_ms.common.in_freeze_overhead
         ),
         Consistency::CrashConsistent => "crash-consistent (not quiesced)".to_owned(),
     };
@@ -103,7 +105,7 @@ fn human(r: &BackupReport) -> String {
         "  manifest {}; copy {:.0} ms, total {:.0} ms",
         r.manifest_path.display(),
         r.timings_ms.copy,
-        r.timings_ms.total
+        r.timings_ms.common.total
     );
     s
 }

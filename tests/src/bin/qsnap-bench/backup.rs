@@ -30,8 +30,8 @@ pub(crate) async fn in_freeze_overhead(runs: usize) -> Result<()> {
             let ms = |v: f64| Duration::from_secs_f64(v / 1000.0);
             snap.push(ms(s.timings_ms.in_freeze_overhead));
             snap_win.push(ms(s.timings_ms.frozen_window));
-            back.push(ms(b.timings_ms.in_freeze_overhead));
-            back_win.push(ms(b.timings_ms.frozen_window));
+            back.push(ms(b.timings_ms.common.in_freeze_overhead));
+            back_win.push(ms(b.timings_ms.common.frozen_window));
         }
     }
     let (s, s_spread) = stats(&mut snap);
