@@ -79,25 +79,26 @@ pub(crate) async fn follow(
             .any(|j| j.status == "concluded" && j.error.is_some());
         if failed && !stopping {
             warn!("a backup job failed: cancelling the others");
-            for j in mine.iter().filter(|j| j.status != "concluded") {
-                if let Err(e) = qmp.execute(&JobCancel { id: j.id.clone() }).await {
-                    debug!(job = j.id, error = %e, "cancel refused");
-                }
-            }
+            cancel_running(qmp, &mine).await;
             stopping = true;
         }
         if cancel.is_cancelled() && !ended.interrupted {
             warn!("interrupted: cancelling the backup jobs");
-            for j in mine.iter().filter(|j| j.status != "concluded") {
-                if let Err(e) = qmp.execute(&JobCancel { id: j.id.clone() }).await {
-                    debug!(job = j.id, error = %e, "cancel refused");
-                }
-            }
+            cancel_running(qmp, &mine).await;
             ended.interrupted = true;
         }
         tokio::select! {
             () = tokio::time::sleep(POLL) => {}
             () = cancel.cancelled(), if !ended.interrupted => {}
+        }
+    }
+}
+
+/// Cancels the jobs of `jobs` that have not concluded.
+async fn cancel_running(qmp: &qmp::Client, jobs: &[&qmp::commands::JobInfo]) {
+    for j in jobs.iter().filter(|j| j.status != "concluded") {
+        if let Err(e) = qmp.execute(&JobCancel { id: j.id.clone() }).await {
+            debug!(job = j.id, error = %e, "cancel refused");
         }
     }
 }
