@@ -104,3 +104,50 @@ pub fn ext4_clean(raw: &Path) -> Result<bool> {
         .map_err(|e| Error::Spawn("e2fsck", e))?;
     Ok(!recovery && fsck.status.success())
 }
+
+/// A SQLite database as stored in an ext4 filesystem image, read without the guest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SqliteState {
+    /// What `PRAGMA integrity_check` answers (`ok` when sound).
+    pub integrity: String,
+    /// The size of the write-ahead log stored beside the database (`None`: no WAL
+    /// file). Frames left in it are commits not yet in the database file.
+    pub wal_bytes: Option<usize>,
+    /// `SELECT coalesce(max(n), 0) FROM rows`: the last committed row.
+    pub last_row: i64,
+}
+
+/// Opens the database `path` (and its `-wal`) found in the ext4 filesystem of the raw
+/// image `raw` with the host's `sqlite3`, on copies in a temporary directory. The WAL's
+/// size is taken before SQLite opens it (opening replays and may remove it).
+///
+/// # Errors
+/// `debugfs` or `sqlite3` failed, or `sqlite3` printed something unexpected.
+pub fn sqlite_in_ext4(raw: &Path, path: &str) -> Result<SqliteState> {
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("db.sqlite");
+    std::fs::write(&db, ext4_file(raw, path)?)?;
+    let wal = ext4_file(raw, &format!("{path}-wal")).ok();
+    if let Some(wal) = &wal {
+        std::fs::write(dir.path().join("db.sqlite-wal"), wal)?;
+    }
+    let out = run(
+        "sqlite3",
+        Command::new("sqlite3")
+            .arg(&db)
+            .arg("PRAGMA integrity_check; SELECT 'last=' || coalesce(max(n), 0) FROM rows;"),
+    )?;
+    let mut integrity = Vec::new();
+    let mut last_row = None;
+    for line in out.lines() {
+        match line.strip_prefix("last=") {
+            Some(n) => last_row = n.parse().ok(),
+            None => integrity.push(line),
+        }
+    }
+    Ok(SqliteState {
+        integrity: integrity.join("\n"),
+        wal_bytes: wal.map(|w| w.len()),
+        last_row: last_row.ok_or_else(|| Error::Tool("sqlite3", out.clone()))?,
+    })
+}

@@ -27,6 +27,9 @@ pub struct VmBuilder {
     agent: Agent,
     memory_mib: u32,
     hook: Option<u32>,
+    database: bool,
+    hook_fail: bool,
+    strict_dispatcher: bool,
     block_device: Option<PathBuf>,
 }
 
@@ -38,6 +41,9 @@ impl Default for VmBuilder {
             agent: Agent::AtBoot,
             memory_mib: 512,
             hook: None,
+            database: false,
+            hook_fail: false,
+            strict_dispatcher: false,
             block_device: None,
         }
     }
@@ -56,10 +62,33 @@ impl VmBuilder {
         self
     }
 
-    /// Runs qemu-ga with an fsfreeze hook (`-F`) that sleeps `secs` seconds on freeze:
-    /// the agent answers nothing meanwhile, as with a slow application hook.
+    /// Runs qemu-ga with its fsfreeze hook dispatcher (`-F`) and a hook script that
+    /// sleeps `secs` seconds on freeze: the agent answers nothing meanwhile, as with a
+    /// slow application hook.
     pub fn freeze_hook(mut self, secs: u32) -> Self {
         self.hook = Some(secs);
+        self
+    }
+
+    /// Runs a SQLite writer on `/data/db.sqlite` (WAL mode, a numbered row every 2 ms,
+    /// one connection kept open) and its fsfreeze-hook.d script: on freeze it holds
+    /// the writer back, checkpoints and truncates the WAL, and logs
+    /// `qsnap-db: frozen at row N` on the console; on thaw it lets the writer go.
+    pub fn database(mut self, on: bool) -> Self {
+        self.database = on;
+        self
+    }
+
+    /// Adds a hook script that fails on freeze (it runs after the database's).
+    pub fn failing_hook(mut self, on: bool) -> Self {
+        self.hook_fail = on;
+        self
+    }
+
+    /// Runs qsnap's strict dispatcher (`contrib/guest/fsfreeze-hook`: a failing script
+    /// fails the freeze) instead of Debian's (which logs the failure and freezes).
+    pub fn strict_dispatcher(mut self, on: bool) -> Self {
+        self.strict_dispatcher = on;
         self
     }
 
@@ -122,6 +151,15 @@ impl VmBuilder {
         }
         if let Some(secs) = self.hook {
             let _ = write!(args, " qsnap.hook={secs}");
+        }
+        if self.database {
+            args.push_str(" qsnap.db=1");
+        }
+        if self.hook_fail {
+            args.push_str(" qsnap.hook_fail=1");
+        }
+        if self.strict_dispatcher {
+            args.push_str(" qsnap.dispatcher=strict");
         }
         args
     }

@@ -1,8 +1,10 @@
-//! Building the test guest: a Debian cloud kernel, an initramfs with busybox and
-//! qemu-ga, and base ext4 data disks, cached in `target/qsnap-guest`.
+//! Building the test guest: a Debian cloud kernel, an initramfs with busybox, qemu-ga
+//! and Debian's fsfreeze hook dispatcher, sqlite3 and a database writer, and base ext4
+//! data disks, cached in `target/qsnap-guest`.
 //!
-//! The build is skipped when `stamp` matches the inputs (kernel package, qemu-ga
-//! version, the `/init` script, this builder's version) and every output exists.
+//! The build is skipped when `stamp` matches the inputs (kernel package, qemu-ga and
+//! sqlite3 versions, the guest's scripts and sources, this builder's version) and every
+//! output exists.
 
 use crate::packages::{self, Apt};
 use crate::run::{output, shell, status};
@@ -12,8 +14,19 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Bump when the layout of the image changes.
-const BUILDER_VERSION: &str = "3";
+const BUILDER_VERSION: &str = "4";
 const INIT: &str = include_str!("../assets/init");
+/// The test database's fsfreeze-hook.d script.
+const HOOK_SQLITE: &str = include_str!("../assets/hook-sqlite");
+/// The database writer, compiled against the host's libsqlite3 (the guest gets the
+/// same library, copied from the package like qemu-ga).
+const DBWRITER_C: &str = include_str!("../assets/dbwriter.c");
+/// qsnap's strict dispatcher, offered to users in `contrib/guest/`.
+const STRICT_DISPATCHER: &str = include_str!("../../contrib/guest/fsfreeze-hook");
+/// Debian's dispatcher, from the qemu-guest-agent package.
+const DEBIAN_DISPATCHER: &str = "/etc/qemu/fsfreeze-hook";
+/// Host programs copied into the guest with their libraries.
+const PROGRAMS: &[&str] = &["/usr/sbin/qemu-ga", "/usr/bin/sqlite3", "/usr/bin/flock"];
 /// Loaded by `/init` in this order (virtio is modular in the cloud kernel; ext4 is built in).
 const MODULES: &[&str] = &[
     "virtio_ring",
@@ -40,10 +53,12 @@ pub(crate) fn build(root: &Path) -> Result<PathBuf> {
     let out = dir(root);
     fs::create_dir_all(&out)?;
     let kernel_pkg = apt.first_dependency("linux-image-cloud-amd64")?;
+    let sources = [INIT, HOOK_SQLITE, DBWRITER_C, STRICT_DISPATCHER].concat();
     let stamp = format!(
-        "builder {BUILDER_VERSION}\nkernel {kernel_pkg}\nqemu-ga {}\ninit {:016x}\n",
-        qemu_ga_version()?,
-        fnv1a(INIT.as_bytes())
+        "builder {BUILDER_VERSION}\nkernel {kernel_pkg}\nqemu-ga {}\nsqlite3 {}\nsources {:016x}\n",
+        package_version("qemu-guest-agent")?,
+        package_version("sqlite3")?,
+        fnv1a(sources.as_bytes())
     );
     let outputs = ["vmlinuz", "initramfs.cpio.gz"]
         .into_iter()
@@ -62,8 +77,8 @@ pub(crate) fn build(root: &Path) -> Result<PathBuf> {
     Ok(out)
 }
 
-fn qemu_ga_version() -> Result<String> {
-    output(Command::new("dpkg-query").args(["-W", "-f=${Version}", "qemu-guest-agent"]))
+fn package_version(package: &str) -> Result<String> {
+    output(Command::new("dpkg-query").args(["-W", "-f=${Version}", package]))
 }
 
 /// Downloads and unpacks the kernel package; copies `vmlinuz`; returns the module dir.
@@ -117,13 +132,32 @@ fn build_initramfs(out: &Path, modules: &Path) -> Result<()> {
         "dev",
         "run",
         "tmp",
+        "var/log",
+        "etc/qemu/fsfreeze-hook.d",
+        "usr/share/qsnap",
     ] {
         fs::create_dir_all(stage.join(d))?;
     }
     copy_into(&stage, Path::new("/bin/busybox"))?;
-    copy_into(&stage, Path::new("/usr/sbin/qemu-ga"))?;
-    for lib in shared_libraries(Path::new("/usr/sbin/qemu-ga"))? {
-        copy_into(&stage, &lib)?;
+    copy_into(&stage, Path::new(DEBIAN_DISPATCHER))?;
+    let dbwriter = out.join("qsnap-dbwriter");
+    compile_dbwriter(out, &dbwriter)?;
+    fs::copy(&dbwriter, stage.join("usr/bin/qsnap-dbwriter"))?;
+    for program in PROGRAMS.iter().map(Path::new).chain([dbwriter.as_path()]) {
+        if program.starts_with("/usr") {
+            copy_into(&stage, program)?;
+        }
+        for lib in shared_libraries(program)? {
+            copy_into(&stage, &lib)?;
+        }
+    }
+    for (name, text) in [
+        ("hook-sqlite", HOOK_SQLITE),
+        ("fsfreeze-hook-strict", STRICT_DISPATCHER),
+    ] {
+        let path = stage.join("usr/share/qsnap").join(name);
+        fs::write(&path, text)?;
+        set_executable(&path)?;
     }
     for name in MODULES {
         let found = find_module(modules, name)?;
@@ -135,6 +169,19 @@ fn build_initramfs(out: &Path, modules: &Path) -> Result<()> {
     shell(
         &stage,
         "find . | cpio -o -H newc --quiet | gzip -1 > ../initramfs.cpio.gz",
+    )
+}
+
+/// Builds the guest's database writer with the host's gcc and libsqlite3.
+fn compile_dbwriter(out: &Path, binary: &Path) -> Result<()> {
+    let source = out.join("dbwriter.c");
+    fs::write(&source, DBWRITER_C)?;
+    status(
+        Command::new("gcc")
+            .args(["-O2", "-Wall", "-Werror", "-o"])
+            .arg(binary)
+            .arg(&source)
+            .arg("-lsqlite3"),
     )
 }
 

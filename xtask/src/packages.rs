@@ -20,6 +20,14 @@ const NEEDED: &[(&str, &str)] = &[
     ("mkfs.ext4", "e2fsprogs"),
     ("dumpe2fs", "e2fsprogs"),
     ("gzip", "gzip"),
+    // The test database: the guest's sqlite3 and the writer's library come from these
+    // packages; the host's sqlite3 opens the images the tests take.
+    ("/usr/bin/sqlite3", "sqlite3"),
+    ("/usr/include/sqlite3.h", "libsqlite3-dev"),
+    ("/usr/bin/flock", "util-linux"),
+    ("gcc", "gcc"),
+    // `systemd-analyze verify` checks contrib/systemd's units.
+    ("systemd-analyze", "systemd"),
 ];
 
 const SOURCES: &str = "\

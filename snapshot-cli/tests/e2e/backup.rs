@@ -240,7 +240,7 @@ async fn same_file(vm: &QemuVm, raw: &Path, path: &str) {
     );
 }
 
-fn restore_raw(report: &BackupReport, into: &Path) -> PathBuf {
+pub(crate) fn restore_raw(report: &BackupReport, into: &Path) -> PathBuf {
     let to = into.join(format!("{}.raw", report.manifest.id));
     qsnap::backup::restore(
         &report.manifest_path,

@@ -9,6 +9,7 @@
     reason = "test code"
 )]
 
+mod app;
 mod backup;
 mod cli;
 mod exits;
