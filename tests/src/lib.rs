@@ -28,6 +28,7 @@ mod error;
 mod image;
 pub mod inspect;
 pub mod sim;
+pub mod textfile;
 mod vm;
 
 pub use error::{Error, Result};

@@ -26,6 +26,8 @@ const NEEDED: &[(&str, &str)] = &[
     ("/usr/include/sqlite3.h", "libsqlite3-dev"),
     ("/usr/bin/flock", "util-linux"),
     ("gcc", "gcc"),
+    // The metrics file is read back by node_exporter's textfile collector.
+    ("prometheus-node-exporter", "prometheus-node-exporter"),
     // `systemd-analyze verify` checks contrib/systemd's units.
     ("systemd-analyze", "systemd"),
 ];

@@ -181,27 +181,15 @@ impl Manifest {
     /// It cannot be read, is larger than 1 MiB, is not JSON of this format, its id
     /// differs from its file name, or it names an image outside its directory.
     pub fn load(path: &Path) -> Result<Self> {
-        use std::io::Read;
-        use std::os::unix::fs::OpenOptionsExt;
         // Not through a symlink, not a FIFO or device: a regular file, read bounded.
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc_flags())
-            .open(path)
-            .map_err(io("cannot read the manifest", path))?;
-        let meta = file
-            .metadata()
-            .map_err(io("cannot read the manifest", path))?;
-        if !meta.is_file() || meta.len() > MAX_MANIFEST {
-            return Err(Error::Invalid(format!(
-                "{} is not a qsnap manifest (not a regular file of at most 1 MiB)",
-                path.display()
-            )));
-        }
-        let mut bytes = Vec::new();
-        file.take(MAX_MANIFEST + 1)
-            .read_to_end(&mut bytes)
-            .map_err(io("cannot read the manifest", path))?;
+        let bytes = crate::regular::read_regular(path, MAX_MANIFEST)
+            .map_err(io("cannot read the manifest", path))?
+            .ok_or_else(|| {
+                Error::Invalid(format!(
+                    "{} is not a qsnap manifest (not a regular file of at most 1 MiB)",
+                    path.display()
+                ))
+            })?;
         let m: Self = serde_json::from_slice(&bytes).map_err(|e| {
             Error::Invalid(format!("{} is not a qsnap manifest: {e}", path.display()))
         })?;
@@ -252,10 +240,6 @@ impl Manifest {
     pub fn disk(&self, disk: &str) -> Option<&Disk> {
         self.disks.iter().find(|d| d.disk == disk)
     }
-}
-
-fn libc_flags() -> i32 {
-    (rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK).bits() as i32
 }
 
 /// A name without a directory part (manifests may only name files beside them).

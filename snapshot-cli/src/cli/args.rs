@@ -126,6 +126,18 @@ pub(crate) struct SnapshotArgs {
     pub(crate) overlay_dir: Option<PathBuf>,
     #[command(flatten)]
     pub(crate) window: WindowArgs,
+    #[command(flatten)]
+    pub(crate) metrics: MetricsArg,
+}
+
+/// Where a run's Prometheus metrics go (snapshot, backup).
+#[derive(Debug, Args)]
+pub(crate) struct MetricsArg {
+    /// Write this run's metrics (Prometheus text format) to FILE, replacing it
+    /// atomically: for node_exporter's textfile collector (a FILE ending in .prom in
+    /// its directory). Written on success and on failure.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) metrics_file: Option<PathBuf>,
 }
 
 /// Which disks, and how to quiesce the guest: the same for snapshot and backup.
@@ -169,6 +181,8 @@ pub(crate) struct BackupArgs {
     pub(crate) speed: Option<u64>,
     #[command(flatten)]
     pub(crate) window: WindowArgs,
+    #[command(flatten)]
+    pub(crate) metrics: MetricsArg,
 }
 
 #[derive(Debug, Args)]

@@ -1,7 +1,7 @@
 //! `qsnap backup`, `restore`, `verify`, `backups`.
 
 use super::args::{BackupArgs, RestoreArgs};
-use super::{Global, output, snapshot};
+use super::{Global, metrics, output, snapshot};
 use anyhow::Result;
 use indicatif::{ProgressBar, ProgressStyle};
 use qsnap::backup::{BackupList, RestoreReport, VerifyReport};
@@ -33,6 +33,7 @@ pub(crate) async fn run(g: &Global, args: BackupArgs, cancel: &CancellationToken
         bar
     });
     let mut last_event: Option<Instant> = None;
+    let started = Instant::now();
     let result = qsnap::backup(&req, cancel, &mut |p| {
         if let Some(bar) = &bar {
             bar.set_length(p.total);
@@ -49,6 +50,13 @@ pub(crate) async fn run(g: &Global, args: BackupArgs, cancel: &CancellationToken
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
+    metrics::record(
+        args.metrics.metrics_file.as_deref(),
+        "backup",
+        &req.vm.qmp,
+        started,
+        &metrics::Ended::backup(&result),
+    );
     let report = match result {
         Ok(r) => r,
         Err(qsnap::Error::BackupNotConsistent { reason, report }) => {

@@ -6,6 +6,7 @@ mod backup;
 mod commit;
 mod docs;
 mod info;
+mod metrics;
 mod output;
 mod raw;
 mod snapshot;

@@ -1,7 +1,7 @@
 //! `qsnap snapshot`.
 
 use super::args::{SnapshotArgs, WindowArgs};
-use super::{Global, need, output};
+use super::{Global, metrics, need, output};
 use anyhow::Result;
 use qsnap::{CancellationToken, Consistency, Report, SnapshotRequest};
 use std::fmt::Write as _;
@@ -10,7 +10,16 @@ pub(crate) async fn run(g: &Global, args: SnapshotArgs, cancel: &CancellationTok
     let mut request = request(g, args.window)?;
     request.name = args.name;
     request.overlay_dir = args.overlay_dir;
-    let report = match qsnap::snapshot(&request, cancel).await {
+    let started = std::time::Instant::now();
+    let result = qsnap::snapshot(&request, cancel).await;
+    metrics::record(
+        args.metrics.metrics_file.as_deref(),
+        "snapshot",
+        &request.qmp,
+        started,
+        &metrics::Ended::snapshot(&result),
+    );
+    let report = match result {
         Ok(report) => report,
         // Taken and kept, but only crash-consistent (exit 6): the report still says
         // where the overlays are, for whoever must back them up or merge them.

@@ -56,6 +56,46 @@ fn assert_quiesced_at(state: &SqliteState, row: i64, what: &str) {
     );
 }
 
+/// The metrics of `vm`'s last `command` run, as node_exporter's textfile collector
+/// serves the files in `dir`.
+pub(crate) struct Samples {
+    all: qsnap_tests::textfile::Samples,
+    qmp: String,
+    command: &'static str,
+}
+
+impl Samples {
+    pub(crate) fn scrape(dir: &Path, vm: &QemuVm, command: &'static str) -> Self {
+        Self {
+            all: qsnap_tests::textfile::scrape(dir).unwrap(),
+            qmp: vm.qmp_path().display().to_string(),
+            command,
+        }
+    }
+
+    fn find(&self, name: &str, consistency: Option<&str>) -> Option<f64> {
+        let mut labels = vec![("command", self.command), ("qmp", self.qmp.as_str())];
+        labels.extend(consistency.map(|c| ("consistency", c)));
+        self.all.get(name, &labels)
+    }
+
+    /// The value of gauge `name`.
+    pub(crate) fn get(&self, name: &str) -> f64 {
+        self.find(name, None)
+            .unwrap_or_else(|| panic!("{name} of {} in {:#?}", self.command, self.all))
+    }
+
+    /// `qsnap_last_run_consistency` for `consistency`.
+    pub(crate) fn consistency(&self, consistency: &str) -> f64 {
+        self.find("qsnap_last_run_consistency", Some(consistency))
+            .unwrap_or_else(|| panic!("{consistency} in {:#?}", self.all))
+    }
+
+    pub(crate) fn has(&self, name: &str) -> bool {
+        self.find(name, None).is_some()
+    }
+}
+
 #[tokio::test]
 async fn a_live_database_in_a_snapshot_and_in_backups_opens_with_an_empty_wal_at_the_row_its_hook_logged()
  {
@@ -64,10 +104,31 @@ async fn a_live_database_in_a_snapshot_and_in_backups_opens_with_an_empty_wal_at
 
     // A snapshot through the binary: the frozen image is the one the overlay now backs.
     let logged = frozen_rows(&vm).len();
-    let (code, out, err) = run(&vm, &["--json", "snapshot", "--name", "app"]).await;
+    let metrics = tempfile::tempdir().unwrap();
+    let prom = metrics.path().join("qsnap-app.prom");
+    let (code, out, err) = run(
+        &vm,
+        &[
+            "--json",
+            "snapshot",
+            "--name",
+            "app",
+            "--metrics-file",
+            prom.to_str().unwrap(),
+        ],
+    )
+    .await;
     assert_eq!(code, 0, "{out}\n{err}");
     let report: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(report["consistency"], "quiesced");
+    // The metrics, as node_exporter's textfile collector serves them.
+    let samples = Samples::scrape(metrics.path(), &vm, "snapshot");
+    assert_eq!(samples.get("qsnap_last_run_exit_code"), 0.0);
+    assert_eq!(samples.consistency("quiesced"), 1.0);
+    let window = samples.get("qsnap_last_run_frozen_window_seconds");
+    let reported = report["timings_ms"]["frozen_window"].as_f64().unwrap() / 1000.0;
+    assert!((window - reported).abs() < 1e-6, "{window} vs {reported}");
+    assert!(samples.get("qsnap_last_success_timestamp_seconds") > 1.7e9);
     let row = new_frozen_row(&vm, logged);
     assert!(row > 0, "the writer committed before the snapshot");
     let frozen = report["disks"][0]["backing_file"].as_str().unwrap();
@@ -121,10 +182,33 @@ async fn a_failing_hook_fails_the_freeze_required_changes_nothing_preferred_says
     };
     let before = chains(&vm);
 
-    let (code, out, err) = run(&vm, &["--json", "snapshot", "--name", "req"]).await;
+    let metrics = tempfile::tempdir().unwrap();
+    let prom = metrics.path().join("qsnap.prom");
+    let prom = prom.to_str().unwrap();
+    let (code, out, err) = run(
+        &vm,
+        &[
+            "--json",
+            "snapshot",
+            "--name",
+            "req",
+            "--metrics-file",
+            prom,
+        ],
+    )
+    .await;
     assert_eq!(
         code, 3,
         "required: a failed quiesce fails the snapshot\n{out}\n{err}"
+    );
+    let samples = Samples::scrape(metrics.path(), &vm, "snapshot");
+    assert_eq!(samples.get("qsnap_last_run_exit_code"), 3.0);
+    for c in ["quiesced", "crash-consistent"] {
+        assert_eq!(samples.consistency(c), 0.0, "nothing taken");
+    }
+    assert!(
+        !samples.has("qsnap_last_success_timestamp_seconds"),
+        "never succeeded"
     );
     assert!(out.contains("fsfreeze hook"), "the agent's reason: {out}");
     assert_nothing_left(&vm, "req").await;
@@ -146,6 +230,8 @@ async fn a_failing_hook_fails_the_freeze_required_changes_nothing_preferred_says
             "pref",
             "--quiesce",
             "preferred",
+            "--metrics-file",
+            prom,
         ],
     )
     .await;
@@ -153,6 +239,10 @@ async fn a_failing_hook_fails_the_freeze_required_changes_nothing_preferred_says
         code, 0,
         "preferred: a crash-consistent snapshot\n{out}\n{err}"
     );
+    let samples = Samples::scrape(metrics.path(), &vm, "snapshot");
+    assert_eq!(samples.get("qsnap_last_run_exit_code"), 0.0);
+    assert_eq!(samples.consistency("crash-consistent"), 1.0);
+    assert!(samples.has("qsnap_last_success_timestamp_seconds"));
     let report: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(report["consistency"], "crash-consistent");
     assert_eq!(report["frozen_filesystems"], 0);

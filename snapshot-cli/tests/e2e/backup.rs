@@ -567,16 +567,41 @@ async fn the_backup_commands_of_the_binary_keep_their_contract() {
         let full_manifest = report["manifest_path"].as_str().unwrap().to_owned();
 
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let (code, out, err) =
-            crate::cli::run(&vm, &["backup", "--target", &target, "--incremental"]).await;
+        let metrics = tempfile::tempdir().unwrap();
+        let prom = metrics.path().join("qsnap-backup.prom");
+        let (code, out, err) = crate::cli::run(
+            &vm,
+            &[
+                "backup",
+                "--target",
+                &target,
+                "--incremental",
+                "--metrics-file",
+                prom.to_str().unwrap(),
+            ],
+        )
+        .await;
         assert_eq!(code, 0, "{err}");
         assert!(out.contains("(incremental on "), "{out}");
+        let samples = crate::app::Samples::scrape(metrics.path(), &vm, "backup");
+        assert_eq!(samples.get("qsnap_last_backup_incremental"), 1.0);
+        assert_eq!(samples.consistency("quiesced"), 1.0);
+
         let (code, out, _) = crate::cli::run(&vm, &["--json", "backups", &target]).await;
         assert_eq!(code, 0);
         let listed: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
         let chain = listed["chains"][0]["backups"].as_array().unwrap();
         assert_eq!(chain.len(), 2);
         let inc_manifest = chain[1]["manifest"].as_str().unwrap().to_owned();
+        let written: u64 = qsnap::backup::manifest::Manifest::load(Path::new(&inc_manifest))
+            .unwrap()
+            .disks
+            .iter()
+            .map(|d| d.file_bytes)
+            .sum();
+        #[allow(clippy::cast_precision_loss, reason = "small test images")]
+        let written = written as f64;
+        assert_eq!(samples.get("qsnap_last_backup_bytes"), written);
 
         let (code, out, err) = crate::cli::run(&vm, &["verify", &inc_manifest]).await;
         assert_eq!(code, 0, "{err}");
