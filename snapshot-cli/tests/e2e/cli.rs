@@ -199,12 +199,17 @@ async fn second_coordinator_on_the_same_vm_fails_at_once_without_waiting_for_the
     .await;
 }
 
-/// Runs the built binary to completion: (exit code, stdout, stderr).
+/// Runs the built binary to completion: (exit code, stdout, stderr). With `--json`,
+/// its output is checked against the published schema.
 pub(crate) async fn run(vm: &QemuVm, args: &[&str]) -> (i32, String, String) {
     let out = qsnap(vm).args(args).output().await.unwrap();
+    let code = out.status.code().unwrap_or(-1);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    // Every `--json` run of the binary in these tests also checks the published schema.
+    crate::schema::check_output(args, code, &stdout);
     (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
+        code,
+        stdout,
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }

@@ -17,10 +17,12 @@ mod fake;
 mod faults;
 mod proxy;
 mod reliability;
+mod schema;
 mod sim_backup;
 mod sim_faults;
 mod snapshot;
 mod soak;
+mod units;
 
 use qga::commands::{FsfreezeStatus, GuestFsfreezeStatus};
 use qsnap::SnapshotRequest;
