@@ -46,8 +46,45 @@ impl GuestImage {
         self.dir.join(format!("data{i}.qcow2"))
     }
 
+    /// Debian 12's QEMU 7.2 as unpacked beside the image (`qemu-7.2/root`), with the
+    /// initramfs that carries its qemu-ga.
+    ///
+    /// # Errors
+    /// [`Error::NoImage`] when the tree or that initramfs is missing.
+    pub fn qemu72(&self) -> Result<Qemu72> {
+        let root = self.dir.join("qemu-7.2/root");
+        let q = Qemu72 {
+            emulator: root.join("usr/bin/qemu-system-x86_64"),
+            module_dir: root.join("usr/lib/x86_64-linux-gnu/qemu"),
+            initramfs: self.dir.join("initramfs-qemu72.cpio.gz"),
+        };
+        for p in [&q.emulator, &q.module_dir, &q.initramfs] {
+            if !p.exists() {
+                return Err(Error::NoImage(p.clone()));
+            }
+        }
+        Ok(q)
+    }
+
     /// How many base disks there are.
     pub fn disks(&self) -> usize {
         self.disks
     }
+}
+
+/// QEMU 7.2 from Debian 12, unpacked (not installed) by `cargo xtask guest-image`.
+#[derive(Debug, Clone)]
+pub struct Qemu72 {
+    /// `qemu-system-x86_64` 7.2.
+    pub emulator: PathBuf,
+    /// Its modules (the TCG accelerator is one): `QEMU_MODULE_DIR`.
+    pub module_dir: PathBuf,
+    /// The guest image's initramfs with qemu-ga 7.2 and 7.2's hook dispatcher.
+    pub initramfs: PathBuf,
+}
+
+impl Qemu72 {
+    /// Where 7.2 finds the firmware it needs, installed with the host's QEMU: SeaBIOS
+    /// and the option ROMs (`-L` directories, searched in order).
+    pub const FIRMWARE: [&'static str; 2] = ["/usr/share/seabios", "/usr/share/qemu"];
 }

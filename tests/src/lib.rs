@@ -32,7 +32,7 @@ pub mod textfile;
 mod vm;
 
 pub use error::{Error, Result};
-pub use image::GuestImage;
+pub use image::{GuestImage, Qemu72};
 pub use vm::{Agent, QemuVm, VmBuilder};
 
 /// How long tests wait for the agent of a TCG guest that boots in ≈3 s on an idle

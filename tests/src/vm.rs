@@ -30,6 +30,7 @@ pub struct VmBuilder {
     database: bool,
     hook_fail: bool,
     strict_dispatcher: bool,
+    qemu72: bool,
     block_device: Option<PathBuf>,
 }
 
@@ -44,6 +45,7 @@ impl Default for VmBuilder {
             database: false,
             hook_fail: false,
             strict_dispatcher: false,
+            qemu72: false,
             block_device: None,
         }
     }
@@ -89,6 +91,13 @@ impl VmBuilder {
     /// fails the freeze) instead of Debian's (which logs the failure and freezes).
     pub fn strict_dispatcher(mut self, on: bool) -> Self {
         self.strict_dispatcher = on;
+        self
+    }
+
+    /// Runs Debian 12's QEMU 7.2 and qemu-ga 7.2 (unpacked beside the image by
+    /// `cargo xtask guest-image`) instead of the installed QEMU and its qemu-ga.
+    pub fn qemu72(mut self, on: bool) -> Self {
+        self.qemu72 = on;
         self
     }
 
@@ -165,14 +174,24 @@ impl VmBuilder {
     }
 
     fn spawn(&self, image: &GuestImage, dir: &Path, disks: &[PathBuf]) -> Result<Child> {
-        let mut cmd = Command::new("qemu-system-x86_64");
+        let (mut cmd, initramfs) = if self.qemu72 {
+            let q = image.qemu72()?;
+            let mut cmd = Command::new(&q.emulator);
+            cmd.env("QEMU_MODULE_DIR", &q.module_dir);
+            for dir in crate::image::Qemu72::FIRMWARE {
+                cmd.args(["-L", dir]);
+            }
+            (cmd, q.initramfs)
+        } else {
+            (Command::new("qemu-system-x86_64"), image.initramfs())
+        };
         cmd.args(["-machine", "q35", "-accel", "tcg", "-smp", "1"])
             .args(["-m", &self.memory_mib.to_string()])
             .args(["-nodefaults", "-no-user-config", "-display", "none"])
             .arg("-kernel")
             .arg(image.kernel())
             .arg("-initrd")
-            .arg(image.initramfs())
+            .arg(initramfs)
             .args(["-append", &self.kernel_args()]);
         for (i, disk) in disks.iter().enumerate() {
             match &self.block_device {

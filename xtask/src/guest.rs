@@ -7,6 +7,7 @@
 //! output exists.
 
 use crate::packages::{self, Apt};
+use crate::qemu72;
 use crate::run::{output, shell, status};
 use anyhow::{Context, Result, bail};
 use std::fs;
@@ -25,8 +26,18 @@ const DBWRITER_C: &str = include_str!("../assets/dbwriter.c");
 const STRICT_DISPATCHER: &str = include_str!("../../contrib/guest/fsfreeze-hook");
 /// Debian's dispatcher, from the qemu-guest-agent package.
 const DEBIAN_DISPATCHER: &str = "/etc/qemu/fsfreeze-hook";
+const QEMU_GA: &str = "/usr/sbin/qemu-ga";
 /// Host programs copied into the guest with their libraries.
-const PROGRAMS: &[&str] = &["/usr/sbin/qemu-ga", "/usr/bin/sqlite3", "/usr/bin/flock"];
+const PROGRAMS: &[&str] = &["/usr/bin/sqlite3", "/usr/bin/flock"];
+/// The image with Debian 12's qemu-ga 7.2 (same kernel, disks and scripts).
+const INITRAMFS_72: &str = "initramfs-qemu72.cpio.gz";
+
+/// The guest agent an initramfs carries: its binary and its fsfreeze hook dispatcher,
+/// installed at the usual paths in the guest.
+struct AgentFiles {
+    qemu_ga: PathBuf,
+    dispatcher: PathBuf,
+}
 /// Loaded by `/init` in this order (virtio is modular in the cloud kernel; ext4 is built in).
 const MODULES: &[&str] = &[
     "virtio_ring",
@@ -53,14 +64,16 @@ pub(crate) fn build(root: &Path) -> Result<PathBuf> {
     let out = dir(root);
     fs::create_dir_all(&out)?;
     let kernel_pkg = apt.first_dependency("linux-image-cloud-amd64")?;
+    let qemu72 = qemu72::unpack(&apt, &out.join("qemu-7.2"))?;
     let sources = [INIT, HOOK_SQLITE, DBWRITER_C, STRICT_DISPATCHER].concat();
     let stamp = format!(
-        "builder {BUILDER_VERSION}\nkernel {kernel_pkg}\nqemu-ga {}\nsqlite3 {}\nsources {:016x}\n",
+        "builder {BUILDER_VERSION}\nkernel {kernel_pkg}\nqemu-ga {}\nsqlite3 {}\nsources {:016x}\nqemu 7.2 {}\n",
         package_version("qemu-guest-agent")?,
         package_version("sqlite3")?,
-        fnv1a(sources.as_bytes())
+        fnv1a(sources.as_bytes()),
+        qemu72.debs.replace('\n', " ")
     );
-    let outputs = ["vmlinuz", "initramfs.cpio.gz"]
+    let outputs = ["vmlinuz", "initramfs.cpio.gz", INITRAMFS_72]
         .into_iter()
         .map(String::from)
         .chain((0..DISKS).map(|i| format!("data{i}.qcow2")));
@@ -71,7 +84,16 @@ pub(crate) fn build(root: &Path) -> Result<PathBuf> {
     }
     eprintln!("xtask: building the guest image in {}", out.display());
     let modules = unpack_kernel(&apt, &kernel_pkg, &out)?;
-    build_initramfs(&out, &modules)?;
+    let host = AgentFiles {
+        qemu_ga: PathBuf::from(QEMU_GA),
+        dispatcher: PathBuf::from(DEBIAN_DISPATCHER),
+    };
+    build_initramfs(&out, &modules, &host, "initramfs.cpio.gz")?;
+    let debian12 = AgentFiles {
+        qemu_ga: qemu72.qemu_ga(),
+        dispatcher: qemu72.dispatcher(),
+    };
+    build_initramfs(&out, &modules, &debian12, INITRAMFS_72)?;
     build_disks(&out)?;
     fs::write(out.join("stamp"), stamp)?;
     Ok(out)
@@ -118,7 +140,8 @@ fn find_prefixed(dir: &Path, prefix: &str) -> Result<PathBuf> {
         .with_context(|| format!("no {prefix}* in {}", dir.display()))
 }
 
-fn build_initramfs(out: &Path, modules: &Path) -> Result<()> {
+/// Builds `out/name` with `agent` as the guest's qemu-ga and dispatcher.
+fn build_initramfs(out: &Path, modules: &Path, agent: &AgentFiles, name: &str) -> Result<()> {
     let stage = out.join("initramfs");
     let _ = fs::remove_dir_all(&stage);
     for d in [
@@ -139,7 +162,11 @@ fn build_initramfs(out: &Path, modules: &Path) -> Result<()> {
         fs::create_dir_all(stage.join(d))?;
     }
     copy_into(&stage, Path::new("/bin/busybox"))?;
-    copy_into(&stage, Path::new(DEBIAN_DISPATCHER))?;
+    copy_to(&stage, &agent.dispatcher, Path::new(DEBIAN_DISPATCHER))?;
+    copy_to(&stage, &agent.qemu_ga, Path::new(QEMU_GA))?;
+    for lib in shared_libraries(&agent.qemu_ga)? {
+        copy_into(&stage, &lib)?;
+    }
     let dbwriter = out.join("qsnap-dbwriter");
     compile_dbwriter(out, &dbwriter)?;
     fs::copy(&dbwriter, stage.join("usr/bin/qsnap-dbwriter"))?;
@@ -168,7 +195,7 @@ fn build_initramfs(out: &Path, modules: &Path) -> Result<()> {
     set_executable(&init)?;
     shell(
         &stage,
-        "find . | cpio -o -H newc --quiet | gzip -1 > ../initramfs.cpio.gz",
+        &format!("find . | cpio -o -H newc --quiet | gzip -1 > ../{name}"),
     )
 }
 
@@ -187,7 +214,12 @@ fn compile_dbwriter(out: &Path, binary: &Path) -> Result<()> {
 
 /// Copies `file` to the same absolute path under `stage`.
 fn copy_into(stage: &Path, file: &Path) -> Result<()> {
-    let rel = file.strip_prefix("/").unwrap_or(file);
+    copy_to(stage, file, file)
+}
+
+/// Copies `file` to the absolute path `guest` under `stage`.
+fn copy_to(stage: &Path, file: &Path, guest: &Path) -> Result<()> {
+    let rel = guest.strip_prefix("/").unwrap_or(guest);
     let dest = stage.join(rel);
     if let Some(parent) = dest.parent() {
         fs::create_dir_all(parent)?;

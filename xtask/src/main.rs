@@ -6,6 +6,7 @@
 mod guest;
 mod packages;
 mod pipeline;
+mod qemu72;
 mod run;
 
 use anyhow::{Result, bail};

@@ -99,7 +99,13 @@ impl Samples {
 #[tokio::test]
 async fn a_live_database_in_a_snapshot_and_in_backups_opens_with_an_empty_wal_at_the_row_its_hook_logged()
  {
-    let vm = booted(QemuVm::builder().database(true)).await;
+    a_live_database_in_a_snapshot_and_in_backups_opens_with_an_empty_wal_at_the_row_its_hook_logged_on(QemuVm::builder()).await;
+}
+
+pub(crate) async fn a_live_database_in_a_snapshot_and_in_backups_opens_with_an_empty_wal_at_the_row_its_hook_logged_on(
+    base: VmBuilder,
+) {
+    let vm = booted(base.database(true)).await;
     writer_started(&vm).await;
 
     // A snapshot through the binary: the frozen image is the one the overlay now backs.

@@ -88,8 +88,12 @@ async fn rest(mut lines: Lines) -> String {
 
 #[tokio::test]
 async fn sigkill_while_frozen_the_guardian_thaws_within_5s() {
+    sigkill_while_frozen_the_guardian_thaws_within_5s_on(QemuVm::builder()).await;
+}
+
+pub(crate) async fn sigkill_while_frozen_the_guardian_thaws_within_5s_on(base: VmBuilder) {
     within(180, async {
-        let vm = booted(QemuVm::builder().disks(2).writer(true)).await;
+        let vm = booted(base.disks(2).writer(true)).await;
         let (mut child, _stderr) = frozen_coordinator(&vm, "k").await;
         let pid = rustix::process::Pid::from_raw(child.id().unwrap() as i32).unwrap();
         let killed = Instant::now();
@@ -301,8 +305,12 @@ async fn freeze_and_thaw_from_the_command_line() {
 
 #[tokio::test]
 async fn snapshot_report_then_info_then_commit_restores_each_chain() {
+    snapshot_report_then_info_then_commit_restores_each_chain_on(QemuVm::builder()).await;
+}
+
+pub(crate) async fn snapshot_report_then_info_then_commit_restores_each_chain_on(base: VmBuilder) {
     within(180, async {
-        let vm = booted(QemuVm::builder().disks(2).writer(true)).await;
+        let vm = booted(base.disks(2).writer(true)).await;
         let (code, out, err) = run(&vm, &["--json", "snapshot", "--name", "cli1"]).await;
         assert_eq!(code, 0, "{err}");
         let r = json_of(&out);

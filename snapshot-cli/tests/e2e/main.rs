@@ -16,6 +16,7 @@ mod exits;
 mod fake;
 mod faults;
 mod proxy;
+mod qemu72;
 mod reliability;
 mod schema;
 mod sim_backup;

@@ -81,8 +81,12 @@ async fn held_frozen_then_terminal_gone(vm: &QemuVm, name: &str) -> tokio::proce
 /// the hook ends: the guest is then thawed. On the old main nobody thawed.
 #[tokio::test]
 async fn slow_hook_past_the_deadline_is_thawed_once_the_hook_ends() {
+    slow_hook_past_the_deadline_is_thawed_once_the_hook_ends_on(QemuVm::builder()).await;
+}
+
+pub(crate) async fn slow_hook_past_the_deadline_is_thawed_once_the_hook_ends_on(base: VmBuilder) {
     within(300, async {
-        let vm = booted(QemuVm::builder().disks(2).writer(true).freeze_hook(75)).await;
+        let vm = booted(base.disks(2).writer(true).freeze_hook(75)).await;
         let start = Instant::now();
         let (code, _, err) = run(
             &vm,
