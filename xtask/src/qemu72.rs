@@ -45,10 +45,10 @@ pub(crate) fn unpack(apt: &Apt, dir: &Path) -> Result<Qemu72> {
     let debs_dir = dir.join("debs");
     let stamp = dir.join("stamp");
     let emulator = root.join("usr/bin/qemu-system-x86_64");
-    if let Ok(debs) = fs::read_to_string(&stamp) {
-        if emulator.exists() {
-            return Ok(Qemu72 { root, debs });
-        }
+    if let Ok(debs) = fs::read_to_string(&stamp)
+        && emulator.exists()
+    {
+        return Ok(Qemu72 { root, debs });
     }
     eprintln!(
         "xtask: unpacking Debian 12's QEMU 7.2 into {}",
