@@ -111,6 +111,24 @@ async fn every_command_prints_json_that_matches_the_published_schema() {
             let failing = args.contains(&"nope");
             assert_eq!(code != 0, failing, "{args:?}: {out}\n{err}");
         }
+        // A metrics file that cannot be written is a warning, not the run's failure.
+        let (code, out, err) = run(
+            &vm,
+            &[
+                "--json",
+                "snapshot",
+                "--name",
+                "s2",
+                "--metrics-file",
+                "/nonexistent/q.prom",
+            ],
+        )
+        .await;
+        assert_eq!(code, 0, "{out}\n{err}");
+        assert!(
+            err.contains("warning: cannot write the metrics file /nonexistent/q.prom"),
+            "{err}"
+        );
         guest_sh(&vm, "echo more >> /data/more.txt && sync").await;
         let (code, out, _) = run(
             &vm,

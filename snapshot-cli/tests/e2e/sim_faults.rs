@@ -477,3 +477,41 @@ async fn the_guardian_holds_the_vm_until_it_has_seen_the_guest_thawed() {
     })
     .await;
 }
+
+/// A guest fsfreeze hook that fails (an application that could not be quiesced):
+/// qemu-ga freezes nothing and says why. `required`: exit 3, nothing changed, the
+/// agent's words in the error; `preferred`: a crash-consistent snapshot that says why.
+#[tokio::test]
+async fn a_failing_freeze_hook_fails_required_and_is_named_by_preferred() {
+    within(30, async {
+        let (dir, vm) = sim(2).await;
+        vm.agent()
+            .fail_freeze_hook(Some("fsfreeze hook has failed with status 1".into()));
+        let err = qsnap::snapshot(&request(&vm, "req"), &CancellationToken::new())
+            .await
+            .unwrap_err();
+        assert_eq!(err.exit_code(), 3, "{err}");
+        let chain = format!("{:?}", anyhow::Error::from(err));
+        assert!(chain.contains("fsfreeze hook has failed"), "{chain}");
+        assert_unchanged(dir.path(), &vm, "req", 2);
+
+        let mut req = request(&vm, "pref");
+        req.quiesce = Quiesce::Preferred;
+        let report = qsnap::snapshot(&req, &CancellationToken::new())
+            .await
+            .unwrap();
+        assert_eq!(report.consistency, Consistency::CrashConsistent);
+        assert_eq!(report.frozen_filesystems, 0);
+        assert!(
+            report
+                .warnings
+                .iter()
+                .any(|w| w.contains("fsfreeze hook has failed")),
+            "{:?}",
+            report.warnings
+        );
+        assert_eq!(vm.agent().status(), SimFsStatus::Thawed);
+        assert_eq!(overlays(dir.path(), "pref").len(), 2);
+    })
+    .await;
+}
