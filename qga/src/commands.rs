@@ -130,7 +130,47 @@ pub struct GuestFilesystemInfo {
     pub total_bytes: Option<u64>,
     /// The disks backing it (PCI address, serial, ...), as the agent reports them.
     #[serde(default)]
-    pub disk: Vec<serde_json::Value>,
+    pub disk: Vec<GuestDiskAddress>,
+}
+
+/// Where a disk behind a guest filesystem sits, from `guest-get-fsinfo`. Every member
+/// but the PCI address is optional here (agents differ by version and OS).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct GuestDiskAddress {
+    /// The PCI function of the disk's controller (for virtio-blk: the disk itself).
+    pub pci_controller: GuestPciAddress,
+    /// `virtio`, `scsi`, `ide`, `sata`, ...
+    #[serde(default)]
+    pub bus_type: Option<String>,
+    /// Bus, target and unit on that controller (SCSI addressing).
+    #[serde(default)]
+    pub bus: Option<i64>,
+    /// See `bus`.
+    #[serde(default)]
+    pub target: Option<i64>,
+    /// See `bus`.
+    #[serde(default)]
+    pub unit: Option<i64>,
+    /// The disk's serial number, when it has one.
+    #[serde(default)]
+    pub serial: Option<String>,
+    /// The guest's device node, e.g. `/dev/vda`.
+    #[serde(default)]
+    pub dev: Option<String>,
+}
+
+/// A PCI address as the guest sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Serialize)]
+pub struct GuestPciAddress {
+    /// PCI domain (segment).
+    pub domain: i64,
+    /// Bus number.
+    pub bus: i64,
+    /// Slot (device) number.
+    pub slot: i64,
+    /// Function number.
+    pub function: i64,
 }
 
 /// `guest-fsfreeze-status`.
@@ -169,3 +209,46 @@ command!(GuestFsfreezeFreezeList, "guest-fsfreeze-freeze-list", u64);
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct GuestFsfreezeThaw;
 command!(GuestFsfreezeThaw, "guest-fsfreeze-thaw", u64);
+
+/// `guest-exec`: starts a program in the guest and returns at once with its pid.
+#[derive(Debug, Clone, Serialize)]
+pub struct GuestExec {
+    /// The program (looked up in the agent's `PATH` when it has no `/`).
+    pub path: String,
+    /// Its arguments.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub arg: Vec<String>,
+    /// Whether the agent keeps its stdout/stderr for `guest-exec-status`.
+    #[serde(rename = "capture-output")]
+    pub capture_output: bool,
+}
+command!(GuestExec, "guest-exec", GuestExecPid);
+
+/// The reply to `guest-exec`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+pub struct GuestExecPid {
+    /// The process, for `guest-exec-status`.
+    pub pid: i64,
+}
+
+/// `guest-exec-status`: whether a `guest-exec` process has ended, and how.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct GuestExecStatusOf {
+    /// From `guest-exec`.
+    pub pid: i64,
+}
+command!(GuestExecStatusOf, "guest-exec-status", GuestExecStatus);
+
+/// The reply to `guest-exec-status` (output members are not read: qsnap never asks
+/// for output).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+pub struct GuestExecStatus {
+    /// Whether it has ended.
+    pub exited: bool,
+    /// Its exit code, once ended normally.
+    #[serde(default)]
+    pub exitcode: Option<i64>,
+    /// The signal that ended it, if one did.
+    #[serde(default)]
+    pub signal: Option<i64>,
+}

@@ -146,7 +146,11 @@ impl Plan {
         let disks = plan::select(&blocks, &wanted, &name, dir, &node_tag())?;
         plan::check_paths(&disks, dir.is_some())?;
         let mut warnings = Vec::new();
-        let agent = interruptible(cancel, freeze::probe(req, &mut warnings)).await??;
+        let mut agent = interruptible(cancel, freeze::probe(req, &mut warnings)).await??;
+        if let Some(agent) = agent.as_mut() {
+            let chosen = plan::chosen(&blocks, &wanted)?;
+            interruptible(cancel, agent.narrow(req, &qmp, &blocks, &chosen)).await?;
+        }
         Ok(Self {
             name,
             qmp,
@@ -167,6 +171,7 @@ impl Plan {
             disks: self.disks.iter().map(disk_report).collect(),
             qemu_version: self.qmp.greeting().version.qemu.to_string(),
             agent_version: self.agent.as_ref().map(|a| a.info.version.clone()),
+            freeze_scope: self.agent.as_ref().and_then(|a| a.scope.clone()),
             guardian: false,
             warnings: self.warnings.clone(),
             timings_ms: self.times,

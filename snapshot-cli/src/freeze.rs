@@ -31,6 +31,8 @@ pub(crate) struct Agent {
     pub(crate) path: PathBuf,
     pub(crate) info: GuestAgentInfo,
     pub(crate) windows: bool,
+    /// Which filesystems to freeze, when `--disk` chose some of the disks.
+    pub(crate) scope: Option<crate::scope::FreezeScope>,
 }
 
 /// Connects to the agent and checks it can freeze, applying the quiesce policy.
@@ -105,10 +107,66 @@ async fn try_probe(req: &SnapshotRequest) -> Result<Agent> {
         path,
         info,
         windows,
+        scope: None,
     })
 }
 
 impl Agent {
+    /// The mountpoints to freeze: `--mountpoint`'s, else the scope's; empty: all.
+    pub(crate) fn mountpoints<'a>(&'a self, req: &'a SnapshotRequest) -> &'a [String] {
+        if req.mountpoints.is_empty() {
+            self.scope.as_ref().map_or(&[], |s| s.frozen.as_slice())
+        } else {
+            &req.mountpoints
+        }
+    }
+
+    /// When `--disk` chose some of the disks (and `--mountpoint` named none), narrows
+    /// the freeze to the guest filesystems on them (see [`crate::scope`]). Anything
+    /// it cannot establish leaves the freeze whole, and the scope says why.
+    pub(crate) async fn narrow(
+        &mut self,
+        req: &SnapshotRequest,
+        qmp: &qmp::Client,
+        blocks: &[qmp::commands::BlockInfo],
+        chosen: &[&qmp::commands::BlockInfo],
+    ) {
+        if req.disks.is_empty() || !req.mountpoints.is_empty() {
+            return;
+        }
+        let ids = |bs: &mut dyn Iterator<Item = &qmp::commands::BlockInfo>| {
+            bs.filter_map(|b| b.qdev_id().map(str::to_owned))
+                .collect::<std::collections::BTreeSet<_>>()
+        };
+        let all = ids(&mut blocks.iter().filter(|b| b.inserted.is_some()));
+        let chosen_ids = ids(&mut chosen.iter().copied());
+        if chosen.len() == blocks.iter().filter(|b| b.inserted.is_some()).count() {
+            return; // Every disk: a whole freeze.
+        }
+        let scope = if !self.info.is_enabled("guest-fsfreeze-freeze-list")
+            || !self.info.is_enabled("guest-get-fsinfo")
+        {
+            crate::scope::FreezeScope::all(
+                "the guest agent has no guest-get-fsinfo or guest-fsfreeze-freeze-list: every filesystem is frozen",
+            )
+        } else {
+            match (
+                qmp.execute(&qmp::commands::QueryPci).await,
+                self.client.execute(&qga::commands::GuestGetFsinfo).await,
+            ) {
+                (Ok(pci), Ok(fs)) => crate::scope::scope(&chosen_ids, &all, &pci, &fs),
+                (Err(e), _) => crate::scope::FreezeScope::all(format!(
+                    "query-pci failed ({e}): every filesystem is frozen"
+                )),
+                (_, Err(e)) => crate::scope::FreezeScope::all(format!(
+                    "guest-get-fsinfo failed ({e}): every filesystem is frozen"
+                )),
+            }
+        };
+        tracing::info!(frozen = ?scope.frozen, not_frozen = ?scope.not_frozen, "freeze scope");
+        self.scope = Some(scope);
+    }
+
     /// The freeze budget, capped for Windows guests.
     pub(crate) fn budget(&self, requested: Duration) -> Duration {
         budget(self.windows, requested)

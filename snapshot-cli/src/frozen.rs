@@ -78,7 +78,7 @@ impl<'a> Frozen<'a> {
         let result = tokio::select! {
             biased;
             () = cancel.cancelled() => Err(Error::Interrupted),
-            r = tokio::time::timeout_at(deadline, agent.freeze(&req.mountpoints, budget)) => {
+            r = tokio::time::timeout_at(deadline, agent.freeze(agent.mountpoints(req), budget)) => {
                 r.unwrap_or_else(|_| Err(qga::Error::Timeout {
                     command: "guest-fsfreeze-freeze".into(),
                     after: budget,

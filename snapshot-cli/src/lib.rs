@@ -63,6 +63,7 @@ mod policy;
 mod regular;
 mod report;
 mod request;
+pub mod scope;
 mod settle;
 mod undo;
 mod window;

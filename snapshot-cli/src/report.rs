@@ -65,6 +65,9 @@ pub struct Report {
     pub qemu_version: String,
     /// qemu-ga's version, when the agent answered.
     pub agent_version: Option<String>,
+    /// Which filesystems were to be frozen, when `--disk` chose some of the disks
+    /// (`None`: every filesystem, or `--mountpoint`'s).
+    pub freeze_scope: Option<crate::scope::FreezeScope>,
     /// Whether an out-of-process guardian was armed while frozen.
     pub guardian: bool,
     /// Things the operator should know (fallbacks, mismatches).

@@ -168,7 +168,7 @@ pub(crate) async fn frozen_switch(
     let mut problem = None;
     let mut sent = false;
     let mut disks_outcome = Disks::Unchanged;
-    match freeze.and_then(|n| enough(req, n)) {
+    match freeze.and_then(|n| enough(agent.mountpoints(req), n)) {
         Ok(n) => {
             info!(filesystems = n, "frozen");
             if let Some(hook) = &req.while_frozen {
@@ -214,8 +214,8 @@ pub(crate) async fn frozen_switch(
 
 /// A freeze that froze nothing, or fewer filesystems than `--mountpoint` names, is a
 /// failed quiesce.
-fn enough(req: &SnapshotRequest, n: u64) -> Result<u64, Error> {
-    let wanted = wanted_filesystems(&req.mountpoints);
+fn enough(mountpoints: &[String], n: u64) -> Result<u64, Error> {
+    let wanted = wanted_filesystems(mountpoints);
     let reason = match n {
         0 => "the guest froze no filesystem (check --mountpoint)".to_owned(),
         n if n < wanted => format!(

@@ -11,11 +11,13 @@ mod bitmaps;
 mod block;
 mod jobs;
 mod machine;
+mod pci;
 
 pub use backup::*;
 pub use bitmaps::*;
 pub use block::*;
 pub use jobs::*;
 pub use machine::*;
+pub use pci::*;
 
 pub(crate) use crate::command;

@@ -62,6 +62,9 @@ pub struct BackupReport {
     pub manifest: Manifest,
     /// Bitmaps removed because this backup superseded them.
     pub retired_bitmaps: Vec<String>,
+    /// Which filesystems were to be frozen, when `--disk` chose some of the disks
+    /// (`None`: every filesystem, or `--mountpoint`'s).
+    pub freeze_scope: Option<crate::scope::FreezeScope>,
     /// Whether a guardian covered the freeze.
     pub guardian: bool,
     /// Durations.

@@ -178,6 +178,7 @@ pub async fn backup(
         manifest_path: manifest::path(dir, &manifest.id),
         manifest,
         retired_bitmaps: retired,
+        freeze_scope: run.agent.as_ref().and_then(|a| a.scope.clone()),
         guardian,
         timings_ms: times,
     };
@@ -278,7 +279,10 @@ impl Run {
             warn!("making a full backup: {reason}");
             warnings.push(format!("full backup: {reason}"));
         }
-        let agent = interruptible(cancel, freeze::probe(&req.vm, &mut warnings)).await??;
+        let mut agent = interruptible(cancel, freeze::probe(&req.vm, &mut warnings)).await??;
+        if let Some(agent) = agent.as_mut() {
+            interruptible(cancel, agent.narrow(&req.vm, &qmp, &blocks, &chosen)).await?;
+        }
         Ok(Self {
             qmp,
             qmp_path: req.vm.qmp.clone(),

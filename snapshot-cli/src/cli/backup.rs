@@ -105,6 +105,9 @@ fn human(r: &BackupReport) -> String {
             d.sha256.as_deref().unwrap_or("-")
         );
     }
+    if let Some(scope) = &r.freeze_scope {
+        let _ = writeln!(s, "  {}", snapshot::scope_line(scope));
+    }
     for w in &m.warnings {
         let _ = writeln!(s, "  warning: {w}");
     }

@@ -73,9 +73,29 @@ fn human(r: &Report) -> String {
             d.node, d.backing_file, d.overlay_file
         );
     }
+    if let Some(scope) = &r.freeze_scope {
+        let _ = writeln!(s, "  {}", scope_line(scope));
+    }
     for w in &r.warnings {
         let _ = writeln!(s, "  warning: {w}");
     }
     let _ = write!(s, "  total {:.0} ms", r.timings_ms.total);
     s
+}
+
+/// One line on what `--disk` left thawed, and why anything more was frozen.
+pub(crate) fn scope_line(scope: &qsnap::scope::FreezeScope) -> String {
+    let mut line = if scope.frozen.is_empty() {
+        "froze every filesystem".to_owned()
+    } else {
+        format!(
+            "froze {}; left thawed (only on disks not in this run): {}",
+            scope.frozen.join(" "),
+            scope.not_frozen.join(" ")
+        )
+    };
+    for n in &scope.notes {
+        line.push_str(&format!("; {n}"));
+    }
+    line
 }

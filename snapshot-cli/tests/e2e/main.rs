@@ -19,6 +19,7 @@ mod proxy;
 mod qemu72;
 mod reliability;
 mod schema;
+mod scope;
 mod sim_backup;
 mod sim_faults;
 mod snapshot;

@@ -515,3 +515,38 @@ async fn a_failing_freeze_hook_fails_required_and_is_named_by_preferred() {
     })
     .await;
 }
+
+/// `--disk` of one disk of three: the simulated guest's filesystem on it alone is
+/// frozen (freeze-list), the report names the two left thawed.
+#[tokio::test]
+async fn a_snapshot_of_one_disk_freezes_only_the_filesystem_on_it() {
+    within(30, async {
+        let (_dir, vm) = sim(3).await;
+        let mut req = request(&vm, "one");
+        req.disks = vec!["vblk1".into()];
+        req.hold_frozen = Duration::from_millis(200);
+        let hold = tokio::spawn({
+            let vm_agent = vm.agent().clone();
+            async move {
+                // While held frozen: exactly /data2 is frozen.
+                for _ in 0..100 {
+                    if vm_agent.status() == SimFsStatus::Frozen {
+                        return vm_agent.frozen_mountpoints();
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Vec::new()
+            }
+        });
+        let report = qsnap::snapshot(&req, &CancellationToken::new())
+            .await
+            .unwrap();
+        assert_eq!(hold.await.unwrap(), ["/data2"]);
+        assert_eq!(report.frozen_filesystems, 1);
+        let scope = report.freeze_scope.unwrap();
+        assert_eq!(scope.frozen, ["/data2"]);
+        assert_eq!(scope.not_frozen, ["/data", "/data3"]);
+        assert_eq!(vm.agent().status(), SimFsStatus::Thawed);
+    })
+    .await;
+}

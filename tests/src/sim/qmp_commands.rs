@@ -103,6 +103,22 @@ pub(super) fn dispatch(
             Ok(st.name.as_ref().map_or(json!({}), |n| json!({"name": n})))
         }
         "query-uuid" => empty(a).map(|_| json!({"UUID": "00000000-0000-0000-0000-000000000000"})),
+        // Device `vblk{i}` sits at 00:{3+i}.0, where the agent's guest-get-fsinfo puts
+        // the disk under mountpoint i.
+        "query-pci" => empty(a).map(|_| {
+            let devices: Vec<Value> = st
+                .graph
+                .devices
+                .iter()
+                .enumerate()
+                .map(|(i, d)| {
+                    json!({"bus": 0, "slot": 3 + i, "function": 0, "qdev_id": d.id,
+                        "class_info": {"class": 256, "desc": "SCSI controller"},
+                        "id": {"vendor": 6900, "device": 4097}, "regions": []})
+                })
+                .collect();
+            json!([{"bus": 0, "devices": devices}])
+        }),
         _ => match single(st, name, a, ev) {
             Some(result) => result,
             None => Err(QmpErr {

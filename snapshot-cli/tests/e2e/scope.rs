@@ -1,0 +1,64 @@
+//! `--disk` of some disks freezes only the guest filesystems on them: on the real
+//! guest, a filesystem on a disk outside the snapshot keeps taking writes while the
+//! chosen one is frozen.
+
+use crate::backup::guest_file;
+use crate::cli::run;
+use crate::*;
+use qsnap_tests::inspect;
+use std::path::Path;
+
+/// The longest pause between two lines of a writer.log (uptime seconds, one a line,
+/// appended every 100 ms).
+fn longest_gap(log: &[u8]) -> f64 {
+    let times: Vec<f64> = String::from_utf8_lossy(log)
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    times.windows(2).map(|w| w[1] - w[0]).fold(0.0, f64::max)
+}
+
+#[tokio::test]
+async fn a_snapshot_of_one_disk_of_two_freezes_only_its_filesystem() {
+    within(180, async {
+        let vm = booted(QemuVm::builder().disks(2).writer(true)).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        // Held frozen for 2 s: /data2 (vblk1) must show that gap, /data none.
+        let (code, out, err) = run(
+            &vm,
+            &[
+                "--json",
+                "snapshot",
+                "--name",
+                "one",
+                "--disk",
+                "vblk1",
+                "--debug-hold-frozen",
+                "2s",
+            ],
+        )
+        .await;
+        assert_eq!(code, 0, "{out}\n{err}");
+        let report: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        assert_eq!(report["consistency"], "quiesced");
+        assert_eq!(report["frozen_filesystems"], 1);
+        assert_eq!(report["freeze_scope"]["frozen"], json!(["/data2"]));
+        assert_eq!(report["freeze_scope"]["not_frozen"], json!(["/data"]));
+        assert_eq!(report["disks"].as_array().unwrap().len(), 1);
+        let frozen = report["disks"][0]["backing_file"].as_str().unwrap();
+        assert!(!inspect::ext4_needs_recovery(Path::new(frozen)).unwrap());
+
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let chosen = longest_gap(&guest_file(&vm, "/data2/writer.log").await);
+        let other = longest_gap(&guest_file(&vm, "/data/writer.log").await);
+        assert!(
+            chosen >= 1.9,
+            "/data2 was frozen for the hold: longest gap {chosen} s"
+        );
+        assert!(
+            other < 1.0,
+            "/data kept taking writes: longest gap {other} s"
+        );
+    })
+    .await;
+}
