@@ -193,7 +193,12 @@ pub(crate) async fn switch(
     let Some(agent) = agent else {
         return Ok(window::plain_switch(qmp, tx, cancel).await);
     };
-    let switch = window::frozen_switch(req, agent, qmp, tx, lock, cancel).await?;
+    // Outside the freeze, as late as possible: the guest writes most of its dirty
+    // data out while it still runs.
+    let flushed = interruptible(cancel, crate::flush::pre_flush(req, agent)).await?;
+    warnings.extend(flushed.warning);
+    let mut switch = window::frozen_switch(req, agent, qmp, tx, lock, cancel).await?;
+    switch.timings.pre_flush = flushed.ms;
     let Some(reason) = fallback_reason(req, &switch) else {
         return Ok(switch);
     };
@@ -201,6 +206,7 @@ pub(crate) async fn switch(
     warnings.push(format!("not quiesced: {reason}"));
     let mut plain = window::plain_switch(qmp, tx, cancel).await;
     plain.guardian = switch.guardian;
+    plain.timings.pre_flush = flushed.ms;
     Ok(plain)
 }
 

@@ -51,6 +51,7 @@ pub mod commit;
 mod coordinator;
 mod disks;
 mod error;
+mod flush;
 mod freeze;
 mod frozen;
 pub mod guardian;

@@ -34,6 +34,8 @@ pub struct Timings {
     pub plan: f64,
     /// Creating, formatting and adding the overlays (outside the freeze).
     pub prepare: f64,
+    /// The pre-flush (`sync` in the guest, before the freeze; 0 when not run).
+    pub pre_flush: f64,
     /// The `guest-fsfreeze-freeze` round trip.
     pub freeze_call: f64,
     /// The QMP `transaction` round trip.

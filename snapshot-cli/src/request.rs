@@ -56,6 +56,11 @@ pub struct SnapshotRequest {
     pub mountpoints: Vec<String>,
     /// How long planning waits for the agent to answer a sync.
     pub agent_timeout: Duration,
+    /// Run `sync` in the guest (`guest-exec`) just before the freeze, so the freeze
+    /// itself has little left to write (best effort; see `qsnap::flush`).
+    pub pre_flush: bool,
+    /// The longest the pre-flush may take; the freeze then goes ahead anyway.
+    pub pre_flush_timeout: Duration,
     /// A `qsnap` binary to run as the out-of-process guardian that thaws the guest if
     /// this process dies while frozen. `None`: no guardian (only in-process thaws).
     pub guardian: Option<PathBuf>,
@@ -83,6 +88,8 @@ impl SnapshotRequest {
             freeze_timeout: Duration::from_secs(10),
             mountpoints: Vec::new(),
             agent_timeout: Duration::from_secs(3),
+            pre_flush: true,
+            pre_flush_timeout: Duration::from_secs(10),
             guardian: None,
             hold_frozen: Duration::ZERO,
             before_freeze: None,

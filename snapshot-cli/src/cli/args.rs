@@ -152,6 +152,15 @@ pub(crate) struct WindowArgs {
     /// Longest time the guest may stay frozen (e.g. 500ms, 10s, 2m).
     #[arg(long, value_parser = parse_duration, default_value = "10s", value_name = "DUR")]
     pub(crate) freeze_timeout: Duration,
+    /// Do not run `sync` in the guest (guest-exec) just before the freeze. The
+    /// pre-flush writes dirty data out while the guest still runs, so the freeze —
+    /// during which guest writes block — has little left to write; it is skipped by
+    /// itself when the agent does not allow guest-exec, and never fails a run.
+    #[arg(long)]
+    pub(crate) no_pre_flush: bool,
+    /// The longest the pre-flush may take before the freeze goes ahead anyway.
+    #[arg(long, value_parser = parse_duration, default_value = "10s", value_name = "DUR")]
+    pub(crate) pre_flush_timeout: Duration,
     /// Freeze only this guest mountpoint (repeatable; default: all).
     #[arg(long = "mountpoint", value_name = "PATH")]
     pub(crate) mountpoints: Vec<String>,

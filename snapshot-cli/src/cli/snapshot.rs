@@ -44,6 +44,8 @@ pub(crate) fn request(g: &Global, w: WindowArgs) -> Result<SnapshotRequest> {
     request.freeze_timeout = w.freeze_timeout;
     request.mountpoints = w.mountpoints;
     request.agent_timeout = w.agent_timeout;
+    request.pre_flush = !w.no_pre_flush;
+    request.pre_flush_timeout = w.pre_flush_timeout;
     request.hold_frozen = w.debug_hold_frozen;
     if !w.no_guardian {
         request.guardian = std::env::current_exe().ok();

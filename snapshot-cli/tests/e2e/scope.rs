@@ -45,6 +45,9 @@ async fn a_snapshot_of_one_disk_of_two_freezes_only_its_filesystem() {
         assert_eq!(report["freeze_scope"]["frozen"], json!(["/data2"]));
         assert_eq!(report["freeze_scope"]["not_frozen"], json!(["/data"]));
         assert_eq!(report["disks"].as_array().unwrap().len(), 1);
+        // The pre-flush ran (`sync -f /data2` through guest-exec) and succeeded.
+        assert!(report["timings_ms"]["pre_flush"].as_f64().unwrap() > 0.0);
+        assert_eq!(report["warnings"], json!([]), "{out}");
         let frozen = report["disks"][0]["backing_file"].as_str().unwrap();
         assert!(!inspect::ext4_needs_recovery(Path::new(frozen)).unwrap());
 

@@ -550,3 +550,74 @@ async fn a_snapshot_of_one_disk_freezes_only_the_filesystem_on_it() {
     })
     .await;
 }
+
+/// The names of the commands the simulated agent ran, in order.
+fn commands(vm: &SimVm) -> Vec<String> {
+    vm.agent()
+        .log()
+        .into_iter()
+        .filter_map(|e| match e {
+            qsnap_tests::sim::SimAgentEvent::Command { name, .. } => Some(name),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The pre-flush runs `sync` in the guest right before the freeze and reports how
+/// long it took; a `sync` that outlasts its timeout only costs a warning.
+#[tokio::test]
+async fn the_pre_flush_syncs_before_the_freeze_and_a_slow_one_never_fails_the_run() {
+    within(30, async {
+        let (_dir, vm) = sim(1).await;
+        vm.agent().set_exec_runs(Duration::from_millis(50));
+        let report = qsnap::snapshot(&request(&vm, "a"), &CancellationToken::new())
+            .await
+            .unwrap();
+        let ran = commands(&vm);
+        let exec = ran.iter().position(|c| c == "guest-exec").unwrap();
+        let freeze = ran
+            .iter()
+            .position(|c| c == "guest-fsfreeze-freeze")
+            .unwrap();
+        assert!(exec < freeze, "{ran:?}");
+        assert!(ran[exec..freeze].iter().any(|c| c == "guest-exec-status"));
+        assert!(
+            report.timings_ms.pre_flush >= 50.0,
+            "{:?}",
+            report.timings_ms
+        );
+        assert_eq!(report.consistency, Consistency::Quiesced);
+        assert!(report.warnings.is_empty(), "{:?}", report.warnings);
+
+        // Slower than its timeout: a warning, and the snapshot is still quiesced.
+        vm.agent().set_exec_runs(Duration::from_secs(5));
+        let mut req = request(&vm, "b");
+        req.pre_flush_timeout = Duration::from_millis(200);
+        let start = Instant::now();
+        let report = qsnap::snapshot(&req, &CancellationToken::new())
+            .await
+            .unwrap();
+        assert!(start.elapsed() < Duration::from_secs(3));
+        assert_eq!(report.consistency, Consistency::Quiesced);
+        assert!(
+            report
+                .warnings
+                .iter()
+                .any(|w| w.contains("did not finish within")),
+            "{:?}",
+            report.warnings
+        );
+
+        // Off: no guest-exec at all.
+        let before = commands(&vm).iter().filter(|c| *c == "guest-exec").count();
+        let mut req = request(&vm, "c");
+        req.pre_flush = false;
+        let report = qsnap::snapshot(&req, &CancellationToken::new())
+            .await
+            .unwrap();
+        let after = commands(&vm).iter().filter(|c| *c == "guest-exec").count();
+        assert_eq!((before, after), (2, 2));
+        assert!(report.timings_ms.pre_flush.abs() < f64::EPSILON);
+    })
+    .await;
+}

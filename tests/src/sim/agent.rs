@@ -137,6 +137,12 @@ impl SimAgent {
         self.with(|s| s.knobs.fail_partially = desc);
     }
 
+    /// Programs started by `guest-exec` run this long (`guest-exec-status` says
+    /// `exited: false` until then).
+    pub fn set_exec_runs(&self, d: Duration) {
+        self.with(|st| st.knobs.exec_runs = d);
+    }
+
     /// Makes the guest Windows (`guest-get-osinfo` says `mswindows`; VSS limits the freeze).
     pub fn set_windows(&self, on: bool) {
         self.with(|s| s.knobs.windows = on);

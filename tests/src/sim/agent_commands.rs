@@ -110,11 +110,19 @@ fn answer(st: &mut AgentState, name: &str, args: &Map<String, Value>) -> Result<
         "guest-get-fsinfo" => Ok(fsinfo(&st.mountpoints)),
         "guest-exec" => {
             st.next_pid += 1;
+            st.exec_started.push(std::time::Instant::now());
             Ok(json!({"pid": st.next_pid}))
         }
         "guest-exec-status" => match args.get("pid").and_then(Value::as_u64) {
             Some(pid) if pid > 1000 && pid <= st.next_pid => {
-                Ok(json!({"exited": true, "exitcode": 0}))
+                let started = usize::try_from(pid - 1001)
+                    .ok()
+                    .and_then(|i| st.exec_started.get(i).copied());
+                if started.is_some_and(|t| t.elapsed() < st.knobs.exec_runs) {
+                    Ok(json!({"exited": false}))
+                } else {
+                    Ok(json!({"exited": true, "exitcode": 0}))
+                }
             }
             _ => Err(("GenericError", "Invalid parameter 'pid'".into())),
         },

@@ -132,6 +132,8 @@ pub(super) struct Knobs {
     pub(super) stick_frozen: bool,
     pub(super) drop_reply: Vec<String>,
     pub(super) garbage: Vec<(String, Vec<u8>)>,
+    /// How long a `guest-exec` program runs before `guest-exec-status` says exited.
+    pub(super) exec_runs: Duration,
 }
 
 impl Default for Knobs {
@@ -146,6 +148,7 @@ impl Default for Knobs {
             stick_frozen: false,
             drop_reply: Vec::new(),
             garbage: Vec::new(),
+            exec_runs: Duration::ZERO,
         }
     }
 }
@@ -176,6 +179,8 @@ pub(super) struct AgentState {
     pub(super) thaws: u64,
     pub(super) connections: u64,
     pub(super) next_pid: u64,
+    /// When each `guest-exec` program started (pid order, from pid 1001).
+    pub(super) exec_started: Vec<std::time::Instant>,
 }
 
 impl AgentState {
@@ -197,6 +202,7 @@ impl AgentState {
             thaws: 0,
             connections: 0,
             next_pid: 1000,
+            exec_started: Vec::new(),
         }
     }
 
