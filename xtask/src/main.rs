@@ -8,6 +8,7 @@ mod packages;
 mod pipeline;
 mod qemu72;
 mod run;
+mod sources;
 
 use anyhow::{Result, bail};
 use std::path::PathBuf;

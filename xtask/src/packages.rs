@@ -1,12 +1,15 @@
 //! Installing the Debian packages the rig needs.
 //!
-//! QEMU comes from bookworm-backports: the machine image ships `qemu-utils` 10.0 from
-//! backports, and bookworm's own `qemu-system-x86` 7.2 conflicts with it. So that
-//! /etc/apt stays untouched, a private sources list (the four suites) and a private
-//! lists directory under `target/` are used.
+//! QEMU comes from `<codename>-backports`: the machine image ships `qemu-utils` 10.0 from
+//! bookworm-backports, and bookworm's own `qemu-system-x86` 7.2 conflicts with it. So that
+//! /etc/apt stays untouched, apt runs on a private configuration under `target/`: the
+//! host's own sources (its mirror or proxy) plus the backports suite where the host lacks
+//! it (see [`crate::sources`]), and a private lists directory.
 
 use crate::run::{have, output, status};
+use crate::sources::{self, Private};
 use anyhow::{Context, Result, bail};
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -32,25 +35,37 @@ const NEEDED: &[(&str, &str)] = &[
     ("systemd-analyze", "systemd"),
 ];
 
-const SOURCES: &str = "\
-deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian bookworm main
-deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian bookworm-updates main
-deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian-security bookworm-security main
-deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian bookworm-backports main
-";
-
 /// A private apt configuration rooted in `target/qsnap-apt`.
 pub(crate) struct Apt {
     dir: PathBuf,
+    /// The `-t` release for installs, `<codename>-backports`, when there is one.
+    backports: Option<String>,
+    /// The private sources as one text; the lists are refreshed when it changes.
+    fingerprint: String,
 }
 
 impl Apt {
+    /// Writes the private configuration from the host's apt sources.
     pub(crate) fn new(root: &Path) -> Result<Self> {
         let dir = root.join("target/qsnap-apt");
-        std::fs::create_dir_all(dir.join("lists/partial"))
+        fs::create_dir_all(dir.join("lists/partial"))
             .with_context(|| format!("cannot create {}", dir.display()))?;
-        std::fs::write(dir.join("sources.list"), SOURCES)?;
-        Ok(Self { dir })
+        let host = sources::read_host(Path::new("/etc/apt"))?;
+        let private = sources::plan(&host, &sources::read_os_release()?);
+        if let Some(note) = &private.note {
+            eprintln!("xtask: note: {note}");
+        }
+        write_private(&dir, &private)?;
+        Ok(Self {
+            dir,
+            backports: private.backports.clone(),
+            fingerprint: private.fingerprint(),
+        })
+    }
+
+    /// The backports suite installs target (`<codename>-backports`), if any.
+    pub(crate) fn backports(&self) -> Option<&str> {
+        self.backports.as_deref()
     }
 
     fn options(&self) -> Vec<String> {
@@ -59,7 +74,10 @@ impl Apt {
                 "-o=Dir::Etc::SourceList={}",
                 self.dir.join("sources.list").display()
             ),
-            "-o=Dir::Etc::SourceParts=/dev/null".into(),
+            format!(
+                "-o=Dir::Etc::SourceParts={}",
+                self.dir.join("sources.list.d").display()
+            ),
             // Downloads land in our own directory, which the _apt user cannot write.
             "-o=APT::Sandbox::User=root".into(),
             format!("-o=Dir::State::Lists={}", self.dir.join("lists").display()),
@@ -73,14 +91,37 @@ impl Apt {
         cmd
     }
 
-    /// `apt-get update` on the private lists, once (when they are empty).
+    /// `apt-get update` on the private lists, when they are empty or were fetched for
+    /// other sources (the host's changed, or an older xtask wrote different ones).
     pub(crate) fn update_once(&self) -> Result<()> {
-        let lists = std::fs::read_dir(self.dir.join("lists"))?.count();
-        if lists > 2 {
+        let lists = self.dir.join("lists");
+        // `lock` and `partial/` are there even before the first update.
+        let populated = fs::read_dir(&lists)
+            .with_context(|| format!("cannot list {}", lists.display()))?
+            .count()
+            > 2;
+        let stamp = self.dir.join("sources.updated");
+        let current = fs::read_to_string(&stamp).ok().as_deref() == Some(&*self.fingerprint);
+        if populated && current {
             return Ok(());
         }
-        eprintln!("xtask: apt-get update (private lists with bookworm-backports)");
-        status(self.command("apt-get").args(["update", "-q"]))
+        if populated && !is_root() {
+            // Only root can refresh them (apt's sandbox user is root here); stale lists
+            // still download and resolve, and a root run refreshes them.
+            eprintln!(
+                "xtask: note: the apt sources changed since {} was fetched; run `cargo xtask \
+                 guest-image` as root to refresh it",
+                lists.display()
+            );
+            return Ok(());
+        }
+        let extra = self
+            .backports()
+            .map_or(String::new(), |suite| format!(" + {suite}"));
+        eprintln!("xtask: apt-get update (private lists: the host's apt sources{extra})");
+        status(self.command("apt-get").args(["update", "-q"]))?;
+        fs::write(&stamp, &self.fingerprint)
+            .with_context(|| format!("cannot write {}", stamp.display()))
     }
 
     /// The concrete package a virtual/meta package depends on first.
@@ -106,11 +147,49 @@ impl Apt {
     fn install(&self, packages: &[&str]) -> Result<()> {
         self.update_once()?;
         let mut cmd = self.command("apt-get");
-        cmd.args(["install", "-y", "-q", "--no-install-recommends"])
-            .args(["-t", "bookworm-backports"])
-            .args(packages);
+        cmd.args(["install", "-y", "-q", "--no-install-recommends"]);
+        if let Some(suite) = self.backports() {
+            cmd.args(["-t", suite]);
+        }
+        cmd.args(packages);
         status(&mut cmd)
     }
+}
+
+/// Writes the private `sources.list` and `sources.list.d/`, leaving unchanged files
+/// alone (a non-root run can then still read a root-owned configuration).
+fn write_private(dir: &Path, private: &Private) -> Result<()> {
+    write_if_changed(&dir.join("sources.list"), &private.list)?;
+    let parts = dir.join("sources.list.d");
+    fs::create_dir_all(&parts).with_context(|| format!("cannot create {}", parts.display()))?;
+    for entry in fs::read_dir(&parts).with_context(|| format!("cannot list {}", parts.display()))? {
+        let path = entry?.path();
+        // A host file since removed (or renamed) must not linger in the private copy.
+        let wanted = private
+            .parts
+            .iter()
+            .any(|(name, _)| path.file_name().is_some_and(|n| n == name.as_str()));
+        if !wanted {
+            fs::remove_file(&path)
+                .with_context(|| format!("cannot remove the stale {}", path.display()))?;
+        }
+    }
+    for (name, contents) in &private.parts {
+        write_if_changed(&parts.join(name), contents)?;
+    }
+    Ok(())
+}
+
+fn write_if_changed(path: &Path, contents: &str) -> Result<()> {
+    if fs::read_to_string(path).ok().as_deref() == Some(contents) {
+        return Ok(());
+    }
+    fs::write(path, contents).with_context(|| {
+        format!(
+            "cannot write {}; run `cargo xtask guest-image` as the user who owns target/",
+            path.display()
+        )
+    })
 }
 
 /// Installs whatever of [`NEEDED`] is missing.
