@@ -57,11 +57,7 @@ impl RunMetrics<'_> {
     /// timestamp of an earlier run (kept when this run failed).
     #[must_use]
     pub fn render(&self, previous_success: Option<f64>) -> String {
-        let labels = format!(
-            "command=\"{}\",qmp=\"{}\"",
-            escape(self.command),
-            escape(&self.qmp.to_string_lossy())
-        );
+        let labels = self.labels();
         let mut out = String::new();
         let mut gauge = |name: &str, help: &str, series: &[(&str, f64)]| {
             let _ = writeln!(out, "# HELP {name} {help}");
@@ -146,26 +142,56 @@ impl RunMetrics<'_> {
 /// Replaces `path` with `metrics`, atomically; a failed run keeps the success
 /// timestamp of the file it replaces.
 ///
+/// Only a metrics file is ever replaced: `path` must end in `.prom` and be absent or a
+/// regular file that qsnap wrote (its first line starts `# HELP qsnap_`); a symlink
+/// there is refused too. A typo naming a disk image or a manifest fails instead of
+/// destroying it. The file is made readable by all (0644): node_exporter usually runs
+/// as another user.
+///
 /// # Errors
-/// The directory cannot be written, or the rename fails (the old file stays whole).
+/// The path is refused, the directory cannot be written, or the rename fails (the old
+/// file stays whole).
 pub fn write(path: &Path, metrics: &RunMetrics<'_>) -> std::io::Result<()> {
-    let text = metrics.render(previous_success(path));
-    let name = path.file_name().ok_or_else(|| {
-        std::io::Error::new(
+    use std::os::unix::fs::OpenOptionsExt;
+    let refuse = |why: &str| {
+        Err(std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
-            format!("{} names no file", path.display()),
-        )
-    })?;
-    let tmp = path.with_file_name(format!(
-        ".{}.{}.tmp",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
+            format!("{}: {why}", path.display()),
+        ))
+    };
+    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+        return refuse("names no file");
+    };
+    if !name.ends_with(".prom") || name.len() <= ".prom".len() {
+        return refuse("a metrics file's name must end in .prom (node_exporter reads only those)");
+    }
+    let previous = match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e),
+        Ok(m) if !m.is_file() => {
+            return refuse(
+                "exists and is not a regular file; qsnap replaces only its own metrics files",
+            );
+        }
+        Ok(_) => match crate::regular::read_regular(path, PREVIOUS_LIMIT)? {
+            Some(bytes) if bytes.starts_with(b"# HELP qsnap_") => Some(bytes),
+            _ => {
+                return refuse(
+                    "exists and is not a qsnap metrics file; qsnap replaces only its own",
+                );
+            }
+        },
+    };
+    let text = metrics.render(previous.and_then(|b| metrics.previous_success(&b)));
+    let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
     let written = (|| {
         let mut file = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
+            .mode(0o644)
             .open(&tmp)?;
+        // create_new honours the umask; the mode must not depend on the caller's.
+        file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
         file.write_all(text.as_bytes())?;
         file.sync_all()?;
         std::fs::rename(&tmp, path)
@@ -176,15 +202,25 @@ pub fn write(path: &Path, metrics: &RunMetrics<'_>) -> std::io::Result<()> {
     written
 }
 
-/// The success timestamp in the metrics file at `path`, if it is a regular file of
-/// ours that has one.
-fn previous_success(path: &Path) -> Option<f64> {
-    let bytes = crate::regular::read_regular(path, PREVIOUS_LIMIT).ok()??;
-    String::from_utf8_lossy(&bytes)
-        .lines()
-        .filter(|l| l.starts_with(LAST_SUCCESS) && l[LAST_SUCCESS.len()..].starts_with('{'))
-        .find_map(|l| l.rsplit_once(' ')?.1.parse().ok())
-        .filter(|t: &f64| t.is_finite())
+impl RunMetrics<'_> {
+    /// The labels every series of this run carries, as rendered.
+    fn labels(&self) -> String {
+        format!(
+            "command=\"{}\",qmp=\"{}\"",
+            escape(self.command),
+            escape(&self.qmp.to_string_lossy())
+        )
+    }
+
+    /// The success timestamp of this VM and command in an earlier file's text
+    /// (another command's or VM's series in the same file never count).
+    fn previous_success(&self, text: &[u8]) -> Option<f64> {
+        let prefix = format!("{LAST_SUCCESS}{{{}}} ", self.labels());
+        String::from_utf8_lossy(text)
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix)?.trim().parse().ok())
+            .filter(|t: &f64| t.is_finite())
+    }
 }
 
 fn unix_seconds(t: SystemTime) -> f64 {
@@ -272,16 +308,51 @@ mod tests {
     }
 
     #[test]
-    fn a_file_that_is_not_ours_gives_no_previous_success() {
+    fn only_a_metrics_file_of_ours_is_ever_replaced() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("x.prom");
-        std::fs::write(
-            &path,
-            "qsnap_last_success_timestamp_seconds_total 5\nnoise\n",
-        )
-        .unwrap();
-        assert_eq!(previous_success(&path), None);
-        std::os::unix::fs::symlink("/dev/zero", dir.path().join("z.prom")).unwrap();
-        assert_eq!(previous_success(&dir.path().join("z.prom")), None);
+        let t = timings();
+        let m = run(0, &t);
+        // A disk image by mistake, someone else's .prom, a symlink, a directory: each
+        // refused and left as it was.
+        let image = dir.path().join("disk0.qcow2");
+        std::fs::write(&image, b"QFI").unwrap();
+        assert!(write(&image, &m).is_err(), "not a .prom name");
+        let theirs = dir.path().join("other.prom");
+        std::fs::write(&theirs, "node_load1 0.5\n").unwrap();
+        assert!(write(&theirs, &m).is_err());
+        assert_eq!(
+            std::fs::read_to_string(&theirs).unwrap(),
+            "node_load1 0.5\n"
+        );
+        let link = dir.path().join("z.prom");
+        std::os::unix::fs::symlink("/dev/zero", &link).unwrap();
+        assert!(write(&link, &m).is_err());
+        assert!(std::fs::symlink_metadata(&link).unwrap().is_symlink());
+        let sub = dir.path().join("d.prom");
+        std::fs::create_dir(&sub).unwrap();
+        assert!(write(&sub, &m).is_err(), "a directory");
+        // Ours: replaced, readable by all whatever the umask.
+        let ours = dir.path().join("qsnap.prom");
+        write(&ours, &m).unwrap();
+        write(&ours, &m).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&ours).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o644);
+    }
+
+    #[test]
+    fn the_previous_success_is_this_vms_and_this_commands_only() {
+        let t = timings();
+        let m = run(3, &t);
+        let mut backup = run(0, &t);
+        backup.command = "backup";
+        let text = backup.render(None);
+        assert_eq!(
+            m.previous_success(text.as_bytes()),
+            None,
+            "a backup's success"
+        );
+        let text = run(0, &t).render(None);
+        assert_eq!(m.previous_success(text.as_bytes()), Some(1_700_000_000.0));
     }
 }

@@ -47,9 +47,18 @@ pub fn scrape(dir: &Path) -> Result<Samples> {
         .stderr(log.reopen()?)
         .spawn()
         .map_err(|e| Error::Spawn("prometheus-node-exporter", e))?;
-    let _kill = KillOnDrop(child);
+    let mut child = KillOnDrop(child);
     let deadline = Instant::now() + Duration::from_secs(20);
     let body = loop {
+        // Ours must still be running: if it exited (the port was taken meanwhile),
+        // whatever answers on the port is not it.
+        if let Some(status) = child.0.try_wait()? {
+            let log = std::fs::read_to_string(log.path()).unwrap_or_default();
+            return Err(Error::Tool(
+                "prometheus-node-exporter",
+                format!("exited ({status}) before answering:\n{log}"),
+            ));
+        }
         match get_metrics(port) {
             Ok(body) => break body,
             Err(e) if Instant::now() > deadline => {
@@ -70,6 +79,21 @@ pub fn scrape(dir: &Path) -> Result<Samples> {
             Some((key.to_owned(), value.parse().ok()?))
         })
         .collect();
+    let ours = "node_textfile_mtime_seconds{file=\"";
+    let named: Vec<&String> = samples.keys().filter(|k| k.starts_with(ours)).collect();
+    let dir_files: Vec<String> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.ends_with(".prom"))
+        .collect();
+    let sees_ours = dir_files
+        .iter()
+        .all(|f| named.iter().any(|k| k.contains(f.as_str())));
+    if !sees_ours {
+        return Err(Error::Tool(
+            "prometheus-node-exporter",
+            format!("it does not list our files {dir_files:?}: {named:?}"),
+        ));
+    }
     if samples.get("node_textfile_scrape_error") != Some(&0.0) {
         let log = std::fs::read_to_string(log.path()).unwrap_or_default();
         return Err(Error::Tool(

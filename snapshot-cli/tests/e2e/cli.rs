@@ -404,10 +404,10 @@ async fn events_prints_qmp_events_as_json_lines_until_qemu_exits() {
         let names: Vec<String> = String::from_utf8_lossy(&out.stdout)
             .lines()
             .map(|l| {
-                serde_json::from_str::<serde_json::Value>(l).unwrap()["event"]
-                    .as_str()
-                    .unwrap()
-                    .to_owned()
+                let event = serde_json::from_str::<serde_json::Value>(l).unwrap();
+                // `events` prints JSON lines with or without --json: the contract.
+                crate::schema::valid("event", &event);
+                event["event"].as_str().unwrap().to_owned()
             })
             .collect();
         assert!(names.contains(&"SHUTDOWN".to_owned()), "{names:?}");
