@@ -31,6 +31,7 @@ pub struct VmBuilder {
     hook_fail: bool,
     strict_dispatcher: bool,
     qemu72: bool,
+    stall_probe: Option<u32>,
     block_device: Option<PathBuf>,
 }
 
@@ -46,6 +47,7 @@ impl Default for VmBuilder {
             hook_fail: false,
             strict_dispatcher: false,
             qemu72: false,
+            stall_probe: None,
             block_device: None,
         }
     }
@@ -98,6 +100,15 @@ impl VmBuilder {
     /// `cargo xtask guest-image`) instead of the installed QEMU and its qemu-ga.
     pub fn qemu72(mut self, on: bool) -> Self {
         self.qemu72 = on;
+        self
+    }
+
+    /// Runs the write-stall probe on every data disk (every 1 ms a buffered 4 KiB
+    /// rewrite; each write blocked > 5 ms is logged on the console as
+    /// `qsnap-stall: DIR MS`) and, with `heavy_mbps > 0`, that many MB/s of buffered
+    /// writes on `/data`.
+    pub fn stall_probe(mut self, heavy_mbps: u32) -> Self {
+        self.stall_probe = Some(heavy_mbps);
         self
     }
 
@@ -169,6 +180,9 @@ impl VmBuilder {
         }
         if self.strict_dispatcher {
             args.push_str(" qsnap.dispatcher=strict");
+        }
+        if let Some(heavy) = self.stall_probe {
+            let _ = write!(args, " qsnap.probe=1 qsnap.heavy={heavy}");
         }
         args
     }

@@ -22,6 +22,8 @@ const HOOK_SQLITE: &str = include_str!("../assets/hook-sqlite");
 /// The database writer, compiled against the host's libsqlite3 (the guest gets the
 /// same library, copied from the package like qemu-ga).
 const DBWRITER_C: &str = include_str!("../assets/dbwriter.c");
+/// The write-stall probe (and heavy writer) the benchmarks read.
+const STALLPROBE_C: &str = include_str!("../assets/stallprobe.c");
 /// qsnap's strict dispatcher, offered to users in `contrib/guest/`.
 const STRICT_DISPATCHER: &str = include_str!("../../contrib/guest/fsfreeze-hook");
 /// Debian's dispatcher, from the qemu-guest-agent package.
@@ -65,7 +67,14 @@ pub(crate) fn build(root: &Path) -> Result<PathBuf> {
     fs::create_dir_all(&out)?;
     let kernel_pkg = apt.first_dependency("linux-image-cloud-amd64")?;
     let qemu72 = qemu72::unpack(&apt, &out.join("qemu-7.2"))?;
-    let sources = [INIT, HOOK_SQLITE, DBWRITER_C, STRICT_DISPATCHER].concat();
+    let sources = [
+        INIT,
+        HOOK_SQLITE,
+        DBWRITER_C,
+        STALLPROBE_C,
+        STRICT_DISPATCHER,
+    ]
+    .concat();
     let stamp = format!(
         "builder {BUILDER_VERSION}\nkernel {kernel_pkg}\nqemu-ga {}\nsqlite3 {}\nsources {:016x}\nqemu 7.2 {}\n",
         package_version("qemu-guest-agent")?,
@@ -168,9 +177,16 @@ fn build_initramfs(out: &Path, modules: &Path, agent: &AgentFiles, name: &str) -
         copy_into(&stage, &lib)?;
     }
     let dbwriter = out.join("qsnap-dbwriter");
-    compile_dbwriter(out, &dbwriter)?;
+    compile(out, "dbwriter.c", DBWRITER_C, &["-lsqlite3"], &dbwriter)?;
     fs::copy(&dbwriter, stage.join("usr/bin/qsnap-dbwriter"))?;
-    for program in PROGRAMS.iter().map(Path::new).chain([dbwriter.as_path()]) {
+    let probe = out.join("qsnap-stallprobe");
+    compile(out, "stallprobe.c", STALLPROBE_C, &["-pthread"], &probe)?;
+    fs::copy(&probe, stage.join("usr/bin/qsnap-stallprobe"))?;
+    for program in PROGRAMS
+        .iter()
+        .map(Path::new)
+        .chain([dbwriter.as_path(), probe.as_path()])
+    {
         if program.starts_with("/usr") {
             copy_into(&stage, program)?;
         }
@@ -199,16 +215,17 @@ fn build_initramfs(out: &Path, modules: &Path, agent: &AgentFiles, name: &str) -
     )
 }
 
-/// Builds the guest's database writer with the host's gcc and libsqlite3.
-fn compile_dbwriter(out: &Path, binary: &Path) -> Result<()> {
-    let source = out.join("dbwriter.c");
-    fs::write(&source, DBWRITER_C)?;
+/// Builds one of the guest's programs with the host's gcc (and the host's libraries,
+/// which the guest gets copies of).
+fn compile(out: &Path, name: &str, source: &str, libs: &[&str], binary: &Path) -> Result<()> {
+    let path = out.join(name);
+    fs::write(&path, source)?;
     status(
         Command::new("gcc")
             .args(["-O2", "-Wall", "-Werror", "-o"])
             .arg(binary)
-            .arg(&source)
-            .arg("-lsqlite3"),
+            .arg(&path)
+            .args(libs),
     )
 }
 

@@ -19,7 +19,7 @@ commands:
   guest-image   install the Debian packages the rig needs and build the test guest
   test          fmt check, clippy -D warnings, rustdoc -D warnings, every test (real QEMU too)
   demo          boot the demo guest and run qsnap against it
-  bench         run the benchmarks
+  bench         run the benchmarks: [qmp|snapshot|backup|codec|rss|stall]... (default all)
   fuzz          run the fuzzer (release build): [--for 60s] [--target codec|envelope|qga-client]
                 [--seed N [--iteration K]]; see docs/fuzzing.md";
 
@@ -30,7 +30,7 @@ fn main() -> Result<()> {
         Some("guest-image") => guest::build(&root).map(drop),
         Some("test") => pipeline::test(&root),
         Some("demo") => pipeline::demo(&root),
-        Some("bench") => pipeline::bench(&root),
+        Some("bench") => pipeline::bench(&root, &args[1..]),
         Some("fuzz") => pipeline::fuzz(&root, &args[1..]),
         Some("-h" | "--help" | "help") => {
             eprintln!("{USAGE}");

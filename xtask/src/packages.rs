@@ -31,6 +31,8 @@ const NEEDED: &[(&str, &str)] = &[
     ("gcc", "gcc"),
     // The metrics file is read back by node_exporter's textfile collector.
     ("prometheus-node-exporter", "prometheus-node-exporter"),
+    // The benchmarks' peak-RSS figure (GNU time's %M).
+    ("/usr/bin/time", "time"),
     // `systemd-analyze verify` checks contrib/systemd's units.
     ("systemd-analyze", "systemd"),
 ];

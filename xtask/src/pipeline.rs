@@ -101,9 +101,20 @@ fn target_dir(root: &Path) -> std::path::PathBuf {
     std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), Into::into)
 }
 
-/// Runs the benchmarks (release build) against the real guest.
-pub(crate) fn bench(root: &Path) -> Result<()> {
+/// Runs the benchmarks (release build) against the real guest; `sections` picks some
+/// (`qmp`, `snapshot`, `backup`, `codec`, `rss`, `stall`), none means all.
+pub(crate) fn bench(root: &Path, sections: &[String]) -> Result<()> {
     let image = guest::build(root)?;
+    // The RSS benchmark measures the release binary users run.
+    status(cargo(root).args([
+        "build",
+        "--release",
+        "--quiet",
+        "--package",
+        "snapshot-cli",
+        "--bin",
+        "qsnap",
+    ]))?;
     status(
         cargo(root)
             .args([
@@ -114,8 +125,11 @@ pub(crate) fn bench(root: &Path) -> Result<()> {
                 "qsnap-tests",
                 "--bin",
                 "qsnap-bench",
+                "--",
             ])
-            .env("QSNAP_GUEST_DIR", image),
+            .args(sections)
+            .env("QSNAP_GUEST_DIR", image)
+            .env("QSNAP_BIN", target_dir(root).join("release/qsnap")),
     )
 }
 
