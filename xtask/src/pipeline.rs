@@ -74,14 +74,7 @@ pub(crate) fn test(root: &Path) -> Result<()> {
 /// Boots the demo guest and runs the `qsnap` binary against it.
 pub(crate) fn demo(root: &Path) -> Result<()> {
     let image = guest::build(root)?;
-    status(cargo(root).args([
-        "build",
-        "--quiet",
-        "--package",
-        "snapshot-cli",
-        "--bin",
-        "qsnap",
-    ]))?;
+    let qsnap = build_qsnap(root, false)?;
     status(
         cargo(root)
             .args([
@@ -93,12 +86,25 @@ pub(crate) fn demo(root: &Path) -> Result<()> {
                 "qsnap-demo",
             ])
             .env("QSNAP_GUEST_DIR", image)
-            .env("QSNAP_BIN", target_dir(root).join("debug/qsnap")),
+            .env("QSNAP_BIN", qsnap),
     )
 }
 
-fn target_dir(root: &Path) -> std::path::PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), Into::into)
+/// Builds the `qsnap` binary (debug or release) and returns its path.
+fn build_qsnap(root: &Path, release: bool) -> Result<std::path::PathBuf> {
+    let mut cmd = cargo(root);
+    cmd.arg("build");
+    if release {
+        cmd.arg("--release");
+    }
+    status(cmd.args(["--quiet", "--package", "snapshot-cli", "--bin", "qsnap"]))?;
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| root.join("target"), std::path::PathBuf::from);
+    Ok(target.join(if release {
+        "release/qsnap"
+    } else {
+        "debug/qsnap"
+    }))
 }
 
 /// Runs the benchmarks (release build) against the real guest; `sections` picks some
@@ -106,15 +112,7 @@ fn target_dir(root: &Path) -> std::path::PathBuf {
 pub(crate) fn bench(root: &Path, sections: &[String]) -> Result<()> {
     let image = guest::build(root)?;
     // The RSS benchmark measures the release binary users run.
-    status(cargo(root).args([
-        "build",
-        "--release",
-        "--quiet",
-        "--package",
-        "snapshot-cli",
-        "--bin",
-        "qsnap",
-    ]))?;
+    let qsnap = build_qsnap(root, true)?;
     status(
         cargo(root)
             .args([
@@ -129,7 +127,7 @@ pub(crate) fn bench(root: &Path, sections: &[String]) -> Result<()> {
             ])
             .args(sections)
             .env("QSNAP_GUEST_DIR", image)
-            .env("QSNAP_BIN", target_dir(root).join("release/qsnap")),
+            .env("QSNAP_BIN", qsnap),
     )
 }
 
