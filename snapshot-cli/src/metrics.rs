@@ -1,6 +1,6 @@
 //! Prometheus metrics of a run, for node_exporter's textfile collector.
 //!
-//! [`RunMetrics::render`] writes the [text exposition format]; [`write`] replaces the
+//! [`RunMetrics::render`] writes the [text exposition format]; [`write()`] replaces the
 //! file atomically (a temporary file in the same directory, synced, then renamed), so
 //! the collector never reads half a file. The temporary name does not end in `.prom`,
 //! which the collector ignores. A failed run keeps the previous run's

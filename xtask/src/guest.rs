@@ -50,8 +50,9 @@ const MODULES: &[&str] = &[
     "virtio_blk",
     "virtio_console",
 ];
-/// Base data disks built (`data0.qcow2` ...); a VM may use up to this many.
-const DISKS: usize = 4;
+/// Base data disks built (`data0.qcow2` ...); a VM may use up to this many (the
+/// benchmarks snapshot 16 at once).
+const DISKS: usize = 16;
 const DISK_MIB: u64 = 64;
 
 /// Where the image lives.

@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 const ROUNDS: usize = 6;
 const PER_ROUND: usize = 1000;
 const SNAPSHOT_RUNS: usize = 10;
+/// Runs of each side in the 16-disk benchmark.
+const SCALE_RUNS: usize = 6;
 /// Runs of each side in the guest-stall benchmarks.
 const STALL_RUNS: usize = 8;
 /// The heavy writer's rate (the issue asks for >= 20 MB/s buffered).
@@ -22,7 +24,7 @@ const HEAVY_MBPS: u32 = 30;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<()> {
-    // `qsnap-bench [qmp|snapshot|backup|codec|rss|stall]...`: those sections only (default all).
+    // `qsnap-bench [qmp|snapshot|backup|codec|rss|scale|stall]...`: those sections only (default all).
     let only: Vec<String> = std::env::args().skip(1).collect();
     let run = |s: &str| only.is_empty() || only.iter().any(|o| o == s);
     println!("qsnap benchmarks (baselines interleaved with qsnap in the same run)\n");
@@ -47,6 +49,12 @@ async fn main() -> Result<()> {
         rss::peak().await?;
         println!();
     }
+    if run("scale") {
+        scale::disks16(SCALE_RUNS).await?;
+        println!();
+        scale::vms8(2).await?;
+        println!();
+    }
     if run("stall") {
         stall::pre_flush(STALL_RUNS, HEAVY_MBPS).await?;
         println!();
@@ -58,6 +66,7 @@ async fn main() -> Result<()> {
 mod backup;
 mod codec;
 mod rss;
+mod scale;
 mod snapshot;
 mod stall;
 
