@@ -56,7 +56,17 @@ pub(crate) async fn pre_flush(req: &SnapshotRequest, agent: &Agent) -> Flushed {
             .collect()
     };
     let start = Instant::now();
-    let outcome = tokio::time::timeout(req.pre_flush_timeout, run_sync(agent, arg)).await;
+    let deadline = start + req.pre_flush_timeout;
+    let mut outcome = tokio::time::timeout(
+        req.pre_flush_timeout,
+        run_sync(agent, arg.clone(), deadline),
+    )
+    .await;
+    // A `sync` without `-f` (old busybox, BSD) exits non-zero: a plain one then.
+    if !arg.is_empty() && matches!(outcome, Ok(Ok(code)) if code != 0) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        outcome = tokio::time::timeout(left, run_sync(agent, Vec::new(), deadline)).await;
+    }
     let ms = crate::coordinator::ms(start.elapsed());
     let warning = match outcome {
         Ok(Ok(0)) => None,
@@ -75,16 +85,26 @@ pub(crate) async fn pre_flush(req: &SnapshotRequest, agent: &Agent) -> Flushed {
     Flushed { ms, warning }
 }
 
-/// Starts `sync ARG…` and waits for its exit code (-1: ended by a signal).
-async fn run_sync(agent: &Agent, arg: Vec<String>) -> qga::Result<i64> {
+/// Starts `sync ARG…` and waits for its exit code (-1: ended by a signal). Each agent
+/// call is bounded by `deadline` too, so a stuck agent frees the connection for the
+/// freeze (a dropped call would otherwise hold it until its own timeout).
+async fn run_sync(agent: &Agent, arg: Vec<String>, deadline: Instant) -> qga::Result<i64> {
+    let left = || {
+        deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(1))
+    };
     let exec = GuestExec {
         path: "sync".into(),
         arg,
         capture_output: false,
     };
-    let pid = agent.client.execute(&exec).await?.pid;
+    let pid = agent.client.execute_with_timeout(&exec, left()).await?.pid;
     loop {
-        let st = agent.client.execute(&GuestExecStatusOf { pid }).await?;
+        let st = agent
+            .client
+            .execute_with_timeout(&GuestExecStatusOf { pid }, left())
+            .await?;
         if st.exited {
             return Ok(st.exitcode.unwrap_or(-1));
         }

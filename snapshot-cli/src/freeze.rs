@@ -136,14 +136,24 @@ impl Agent {
         }
         let ids = |bs: &mut dyn Iterator<Item = &qmp::commands::BlockInfo>| {
             bs.filter_map(|b| b.qdev_id().map(str::to_owned))
-                .collect::<std::collections::BTreeSet<_>>()
+                .collect::<Vec<_>>()
         };
-        let all = ids(&mut blocks.iter().filter(|b| b.inserted.is_some()));
-        let chosen_ids = ids(&mut chosen.iter().copied());
+        let listed = ids(&mut blocks.iter().filter(|b| b.inserted.is_some()));
+        // A qdev id that stands for two disks (nested devices) identifies neither.
+        let all: std::collections::BTreeSet<String> = listed
+            .iter()
+            .filter(|id| listed.iter().filter(|x| x == id).count() == 1)
+            .cloned()
+            .collect();
+        let chosen_ids = ids(&mut chosen.iter().copied()).into_iter().collect();
         if chosen.len() == blocks.iter().filter(|b| b.inserted.is_some()).count() {
             return; // Every disk: a whole freeze.
         }
-        let scope = if !self.info.is_enabled("guest-fsfreeze-freeze-list")
+        let scope = if self.windows {
+            crate::scope::FreezeScope::all(
+                "Windows guest (its agent's PCI slot numbers may not be QEMU's): every volume is frozen",
+            )
+        } else if !self.info.is_enabled("guest-fsfreeze-freeze-list")
             || !self.info.is_enabled("guest-get-fsinfo")
         {
             crate::scope::FreezeScope::all(

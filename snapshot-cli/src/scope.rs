@@ -7,19 +7,48 @@
 //! and only the filesystems that touch a chosen disk are frozen
 //! (`guest-fsfreeze-freeze-list`).
 //!
-//! Safety first: a filesystem is left thawed only when *every* disk under it is
-//! certainly an unchosen disk — its PCI address is that of a disk QEMU lists (a
-//! virtio-blk device, one disk per PCI function). A filesystem with no disk reported,
-//! an address no disk has (a SCSI or SATA controller serving several disks, a
-//! passthrough device), or an address two filesystems' disks could share, is frozen,
-//! and the report says why. The guest's answer is only ever used to freeze *less*
-//! when it names unchosen disks exactly; a lying guest can at most get its own
-//! filesystems left thawed, which is its own consistency to lose.
+//! Safety first: a filesystem is left thawed only when qsnap is sure every disk under
+//! it is a disk outside the run, and qemu-ga's disk list is known to be incomplete in
+//! some cases (multi-device btrfs lists one device; device-mapper/md slaves behind a
+//! driver it does not know are dropped; external journals are not listed). So a
+//! filesystem stays thawed only if all of these hold:
+//!
+//! * its type is `ext2`, `ext3`, `ext4` or `xfs`, and its device is a whole virtio disk
+//!   or a partition of one (`vdX`, `vdXN`: no device-mapper, md, loop);
+//! * every disk the guest lists under it is a `virtio` disk with a device node, at a
+//!   PCI address (domain 0) where QEMU has exactly one disk, and that disk is not
+//!   chosen;
+//! * the guest is not Windows (its qemu-ga reports slot numbers that may not be PCI
+//!   device numbers).
+//!
+//! Everything else — a filesystem touching a chosen disk, an address no disk or two
+//! disks have, any other type or device — is frozen, and the report says why. Not
+//! covered: an ext4/xfs whose external journal or log device is a chosen disk while
+//! its main device is not (qemu-ga does not list it). Guest text is bounded (at most
+//! [`MAX_FILESYSTEMS`] filesystems, mountpoints of at most [`MAX_MOUNTPOINT`] bytes)
+//! or the freeze is whole. A guest that lies can only get its own filesystems left
+//! thawed.
 
 use qga::commands::{GuestFilesystemInfo, GuestPciAddress};
 use qmp::commands::PciBus;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
+
+/// More filesystems than this and the freeze is whole (guest text stays bounded).
+pub const MAX_FILESYSTEMS: usize = 256;
+/// A longer mountpoint and the freeze is whole.
+pub const MAX_MOUNTPOINT: usize = 4096;
+/// Filesystem types qemu-ga lists every device of (one device each).
+const SIMPLE_TYPES: &[&str] = &["ext2", "ext3", "ext4", "xfs"];
+
+/// Whether `name` (the guest's device name) is a virtio disk or a partition of one.
+fn plain_virtio_device(name: &str) -> bool {
+    let Some(rest) = name.strip_prefix("vd") else {
+        return false;
+    };
+    let letters = rest.trim_end_matches(|c: char| c.is_ascii_digit());
+    !letters.is_empty() && letters.chars().all(|c| c.is_ascii_lowercase())
+}
 
 /// What to freeze.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -58,53 +87,77 @@ pub(crate) fn scope(
     pci: &[PciBus],
     filesystems: &[GuestFilesystemInfo],
 ) -> FreezeScope {
-    // PCI address (domain 0: QEMU's query-pci knows no other) -> the disk there.
-    let mut disk_at: BTreeMap<GuestPciAddress, &str> = BTreeMap::new();
+    if filesystems.len() > MAX_FILESYSTEMS
+        || filesystems
+            .iter()
+            .any(|f| f.mountpoint.len() > MAX_MOUNTPOINT)
+    {
+        return FreezeScope::all(format!(
+            "the guest lists more than {MAX_FILESYSTEMS} filesystems or an over-long mountpoint: every filesystem is frozen"
+        ));
+    }
+    // PCI address (domain 0: QEMU's query-pci knows no other) -> the one disk there;
+    // an address two devices share (several root buses) maps to none.
+    let mut disk_at: BTreeMap<GuestPciAddress, Option<&str>> = BTreeMap::new();
     for device in pci
         .iter()
         .flat_map(|b| b.devices.iter().flat_map(|d| d.flatten()))
     {
-        if all.contains(&device.qdev_id) {
-            let at = GuestPciAddress {
-                domain: 0,
-                bus: device.bus,
-                slot: device.slot,
-                function: device.function,
-            };
-            disk_at.insert(at, device.qdev_id.as_str());
-        }
+        let at = GuestPciAddress {
+            domain: 0,
+            bus: device.bus,
+            slot: device.slot,
+            function: device.function,
+        };
+        let here = all
+            .contains(&device.qdev_id)
+            .then_some(device.qdev_id.as_str());
+        disk_at.entry(at).and_modify(|d| *d = None).or_insert(here);
     }
-    let mut frozen = Vec::new();
-    let mut not_frozen = Vec::new();
+    let mut frozen = BTreeSet::new();
+    let mut not_frozen = BTreeSet::new();
     let mut notes = Vec::new();
     for fs in filesystems {
         let mut touches_chosen = false;
-        let mut unknown = None;
+        let mut unsure = None;
+        if !SIMPLE_TYPES.contains(&fs.fs_type.as_str()) {
+            unsure = Some(format!(
+                "{} filesystems may span disks qemu-ga does not list",
+                fs.fs_type
+            ));
+        } else if !plain_virtio_device(&fs.name) {
+            unsure = Some("not directly on a virtio disk (device-mapper, md, loop...)".to_owned());
+        } else if fs.disk.is_empty() {
+            unsure = Some("the guest reports no disk under it".to_owned());
+        }
         for d in &fs.disk {
-            match disk_at.get(&d.pci_controller) {
-                Some(id) if chosen.contains(*id) => touches_chosen = true,
-                Some(_) => {}
+            let a = d.pci_controller;
+            match disk_at.get(&a).copied().flatten() {
+                Some(id) if chosen.contains(id) => touches_chosen = true,
+                Some(_) if d.bus_type.as_deref() == Some("virtio") && d.dev.is_some() => {}
+                Some(_) => {
+                    unsure =
+                        Some("a disk not reported as a virtio disk with a device node".to_owned())
+                }
                 None => {
-                    let a = d.pci_controller;
-                    unknown = Some(format!(
-                        "{:04x}:{:02x}:{:02x}.{} is no single disk QEMU lists (a controller of several disks?)",
+                    unsure = Some(format!(
+                        "{:04x}:{:02x}:{:02x}.{} is not exactly one disk QEMU lists",
                         a.domain, a.bus, a.slot, a.function
                     ));
                 }
             }
         }
-        if fs.disk.is_empty() {
-            unknown = Some("the guest reports no disk under it".to_owned());
-        }
         if touches_chosen {
-            frozen.push(fs.mountpoint.clone());
-        } else if let Some(why) = unknown {
+            frozen.insert(fs.mountpoint.clone());
+        } else if let Some(why) = unsure {
             notes.push(format!("{} frozen: {why}", fs.mountpoint));
-            frozen.push(fs.mountpoint.clone());
+            frozen.insert(fs.mountpoint.clone());
         } else {
-            not_frozen.push(fs.mountpoint.clone());
+            not_frozen.insert(fs.mountpoint.clone());
         }
     }
+    // A mountpoint listed twice (bind mounts) is frozen if any listing needs it.
+    not_frozen.retain(|m| !frozen.contains(m));
     if frozen.is_empty() {
         return FreezeScope::all(
             "no guest filesystem maps to the chosen disks: every filesystem is frozen",
@@ -114,19 +167,13 @@ pub(crate) fn scope(
         // Everything: the plain freeze says so and freezes what the guest adds later.
         return FreezeScope {
             frozen: Vec::new(),
-            not_frozen,
+            not_frozen: Vec::new(),
             notes,
         };
     }
-    frozen.sort();
-    frozen.dedup();
-    not_frozen.sort();
-    not_frozen.dedup();
-    // A mountpoint listed twice (bind mounts) is frozen if any listing needs it.
-    not_frozen.retain(|m| !frozen.contains(m));
     FreezeScope {
-        frozen,
-        not_frozen,
+        frozen: frozen.into_iter().collect(),
+        not_frozen: not_frozen.into_iter().collect(),
         notes,
     }
 }
@@ -149,7 +196,7 @@ mod tests {
 
     fn fs(mountpoint: &str, slots: &[(i64, i64)]) -> GuestFilesystemInfo {
         GuestFilesystemInfo {
-            name: "x".into(),
+            name: "vda1".into(),
             mountpoint: mountpoint.into(),
             fs_type: "ext4".into(),
             used_bytes: None,
@@ -168,7 +215,7 @@ mod tests {
                     target: Some(0),
                     unit: Some(0),
                     serial: None,
-                    dev: None,
+                    dev: Some("/dev/vda".into()),
                 })
                 .collect(),
         }
@@ -271,5 +318,79 @@ mod tests {
             !s.is_partial(),
             "an unknown disk's filesystem is frozen: {s:?}"
         );
+    }
+
+    #[test]
+    fn filesystems_qemu_ga_may_list_incompletely_are_frozen() {
+        let all = set(&["vblk0", "vblk1"]);
+        let mut btrfs = fs("/btrfs", &[(0, 1)]);
+        btrfs.fs_type = "btrfs".into();
+        let mut lvm = fs("/lvm", &[(0, 1)]);
+        lvm.name = "dm-0".into();
+        let mut scsi = fs("/sd", &[(0, 1)]);
+        scsi.disk[0].bus_type = Some("scsi".into());
+        let filesystems = [
+            btrfs,
+            lvm,
+            scsi,
+            fs("/data", &[(0, 1)]),
+            fs("/data2", &[(0, 2)]),
+        ];
+        let s = scope(&set(&["vblk1"]), &all, &pci(), &filesystems);
+        assert_eq!(s.not_frozen, ["/data"]);
+        assert_eq!(s.frozen, ["/btrfs", "/data2", "/lvm", "/sd"]);
+        assert_eq!(s.notes.len(), 3, "{:?}", s.notes);
+    }
+
+    #[test]
+    fn an_address_two_root_buses_share_maps_to_no_disk() {
+        // Two PHBs, each with a bus 0: vblk0 and vblk1 both at 00:01.0.
+        let buses = vec![
+            PciBus {
+                bus: 0,
+                devices: vec![device(0, 1, "vblk0")],
+            },
+            PciBus {
+                bus: 0,
+                devices: vec![device(0, 1, "vblk1")],
+            },
+        ];
+        let all = set(&["vblk0", "vblk1"]);
+        let s = scope(
+            &set(&["vblk1"]),
+            &all,
+            &buses,
+            &[fs("/a", &[(0, 1)]), fs("/b", &[(0, 1)])],
+        );
+        assert!(!s.is_partial(), "{s:?}");
+    }
+
+    #[test]
+    fn too_much_guest_text_means_a_whole_freeze() {
+        let all = set(&["vblk0", "vblk1"]);
+        let many: Vec<_> = (0..=MAX_FILESYSTEMS)
+            .map(|i| fs(&format!("/m{i}"), &[(0, 1)]))
+            .collect();
+        assert!(!scope(&set(&["vblk1"]), &all, &pci(), &many).is_partial());
+        let long = fs(&"/x".repeat(MAX_MOUNTPOINT), &[(0, 1)]);
+        assert!(
+            !scope(
+                &set(&["vblk1"]),
+                &all,
+                &pci(),
+                &[long, fs("/data2", &[(0, 2)])]
+            )
+            .is_partial()
+        );
+    }
+
+    #[test]
+    fn only_plain_virtio_device_names_count() {
+        for ok in ["vda", "vdb1", "vdaa3"] {
+            assert!(plain_virtio_device(ok), "{ok}");
+        }
+        for no in ["dm-0", "md0", "loop1", "sda1", "vd", "vd1", "vdA"] {
+            assert!(!plain_virtio_device(no), "{no}");
+        }
     }
 }

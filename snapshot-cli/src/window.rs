@@ -170,7 +170,7 @@ pub(crate) async fn frozen_switch(
     let mut problem = None;
     let mut sent = false;
     let mut disks_outcome = Disks::Unchanged;
-    match freeze.and_then(|n| enough(agent.mountpoints(req), n)) {
+    match freeze.and_then(|n| enough(&req.mountpoints, n)) {
         Ok(n) => {
             info!(filesystems = n, "frozen");
             if let Some(hook) = &req.while_frozen {
@@ -216,7 +216,9 @@ pub(crate) async fn frozen_switch(
 }
 
 /// A freeze that froze nothing, or fewer filesystems than `--mountpoint` names, is a
-/// failed quiesce.
+/// failed quiesce. A freeze scope (`--disk`) is held to the whole freeze's rule (at
+/// least one): qemu-ga skips, uncounted, what cannot be frozen (vfat, squashfs, a
+/// bind mount's second listing), in a list as in a whole freeze.
 fn enough(mountpoints: &[String], n: u64) -> Result<u64, Error> {
     let wanted = wanted_filesystems(mountpoints);
     let reason = match n {

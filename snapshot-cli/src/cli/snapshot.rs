@@ -87,17 +87,25 @@ fn human(r: &Report) -> String {
 
 /// One line on what `--disk` left thawed, and why anything more was frozen.
 pub(crate) fn scope_line(scope: &qsnap::scope::FreezeScope) -> String {
+    // Mountpoints and notes carry guest text: escaped for the terminal.
+    let list = |v: &[String]| {
+        v.iter()
+            .map(|m| qmp::wire::escape(m))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
     let mut line = if scope.frozen.is_empty() {
-        "froze every filesystem".to_owned()
+        "freeze of every filesystem".to_owned()
     } else {
         format!(
-            "froze {}; left thawed (only on disks not in this run): {}",
-            scope.frozen.join(" "),
-            scope.not_frozen.join(" ")
+            "freeze of {}; left thawed (only on disks not in this run): {}",
+            list(&scope.frozen),
+            list(&scope.not_frozen)
         )
     };
     for n in &scope.notes {
-        line.push_str(&format!("; {n}"));
+        line.push_str("; ");
+        line.push_str(&qmp::wire::escape(n));
     }
     line
 }

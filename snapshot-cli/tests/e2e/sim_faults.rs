@@ -529,7 +529,7 @@ async fn a_snapshot_of_one_disk_freezes_only_the_filesystem_on_it() {
             let vm_agent = vm.agent().clone();
             async move {
                 // While held frozen: exactly /data2 is frozen.
-                for _ in 0..100 {
+                for _ in 0..2000 {
                     if vm_agent.status() == SimFsStatus::Frozen {
                         return vm_agent.frozen_mountpoints();
                     }
@@ -597,7 +597,10 @@ async fn the_pre_flush_syncs_before_the_freeze_and_a_slow_one_never_fails_the_ru
         let report = qsnap::snapshot(&req, &CancellationToken::new())
             .await
             .unwrap();
-        assert!(start.elapsed() < Duration::from_secs(3));
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "bounded by its timeout"
+        );
         assert_eq!(report.consistency, Consistency::Quiesced);
         assert!(
             report
