@@ -28,27 +28,21 @@ pub(crate) struct Flushed {
 
 /// Runs `sync` in the guest, bounded by `req.pre_flush_timeout`.
 pub(crate) async fn pre_flush(req: &SnapshotRequest, agent: &Agent) -> Flushed {
-    let skipped = |why: &str| Flushed {
-        ms: 0.0,
-        warning: Some(format!("no pre-flush: {why}")),
-    };
-    if !req.pre_flush {
+    // Off, or a Windows guest (VSS flushes on its own; there is no sync to run).
+    if !req.pre_flush || agent.windows {
         return Flushed {
             ms: 0.0,
             warning: None,
         };
     }
-    if agent.windows {
+    if !agent.info.is_enabled("guest-exec") || !agent.info.is_enabled("guest-exec-status") {
         return Flushed {
             ms: 0.0,
-            warning: None, // VSS flushes on its own; there is no sync to run.
+            warning: Some("no pre-flush: the guest agent does not allow guest-exec".into()),
         };
     }
-    if !agent.info.is_enabled("guest-exec") || !agent.info.is_enabled("guest-exec-status") {
-        return skipped("the guest agent does not allow guest-exec");
-    }
     let mountpoints = agent.mountpoints(req);
-    let arg = if mountpoints.is_empty() {
+    let arg: Vec<String> = if mountpoints.is_empty() {
         Vec::new()
     } else {
         std::iter::once("-f".to_owned())
@@ -57,25 +51,20 @@ pub(crate) async fn pre_flush(req: &SnapshotRequest, agent: &Agent) -> Flushed {
     };
     let start = Instant::now();
     let deadline = start + req.pre_flush_timeout;
-    let mut outcome = tokio::time::timeout(
-        req.pre_flush_timeout,
-        run_sync(agent, arg.clone(), deadline),
-    )
-    .await;
+    let mut outcome = run_sync(agent, arg.clone(), deadline).await;
     // A `sync` without `-f` (old busybox, BSD) exits non-zero: a plain one then.
-    if !arg.is_empty() && matches!(outcome, Ok(Ok(code)) if code != 0) {
-        let left = deadline.saturating_duration_since(Instant::now());
-        outcome = tokio::time::timeout(left, run_sync(agent, Vec::new(), deadline)).await;
+    if !arg.is_empty() && matches!(outcome, Ok(Synced::Exited(code)) if code != 0) {
+        outcome = run_sync(agent, Vec::new(), deadline).await;
     }
     let ms = crate::coordinator::ms(start.elapsed());
     let warning = match outcome {
-        Ok(Ok(0)) => None,
-        Ok(Ok(code)) => Some(format!("the pre-flush `sync` exited {code}")),
-        Ok(Err(e)) => Some(format!("no pre-flush: {e}")),
-        Err(_) => Some(format!(
+        Ok(Synced::Exited(0)) => None,
+        Ok(Synced::Exited(code)) => Some(format!("the pre-flush `sync` exited {code}")),
+        Ok(Synced::TimedOut) => Some(format!(
             "the pre-flush `sync` did not finish within {:?}; freezing anyway",
             req.pre_flush_timeout
         )),
+        Err(e) => Some(format!("no pre-flush: {e}")),
     };
     if let Some(w) = &warning {
         tracing::warn!("{w}");
@@ -85,15 +74,21 @@ pub(crate) async fn pre_flush(req: &SnapshotRequest, agent: &Agent) -> Flushed {
     Flushed { ms, warning }
 }
 
-/// Starts `sync ARG…` and waits for its exit code (-1: ended by a signal). Each agent
-/// call is bounded by `deadline` too, so a stuck agent frees the connection for the
-/// freeze (a dropped call would otherwise hold it until its own timeout).
-async fn run_sync(agent: &Agent, arg: Vec<String>, deadline: Instant) -> qga::Result<i64> {
-    let left = || {
-        deadline
-            .saturating_duration_since(Instant::now())
-            .max(Duration::from_millis(1))
-    };
+/// How a `sync` run ended, as far as qsnap waited.
+enum Synced {
+    /// With this exit code (-1: ended by a signal).
+    Exited(i64),
+    /// Still running at the deadline (it goes on in the guest, harmlessly).
+    TimedOut,
+}
+
+/// Starts `sync ARG…` and waits for it until `deadline`. Each agent call is bounded by
+/// the time left too, so a stuck agent frees the connection for the freeze.
+async fn run_sync(agent: &Agent, arg: Vec<String>, deadline: Instant) -> qga::Result<Synced> {
+    let left = || deadline.saturating_duration_since(Instant::now());
+    if left().is_zero() {
+        return Ok(Synced::TimedOut);
+    }
     let exec = GuestExec {
         path: "sync".into(),
         arg,
@@ -106,7 +101,10 @@ async fn run_sync(agent: &Agent, arg: Vec<String>, deadline: Instant) -> qga::Re
             .execute_with_timeout(&GuestExecStatusOf { pid }, left())
             .await?;
         if st.exited {
-            return Ok(st.exitcode.unwrap_or(-1));
+            return Ok(Synced::Exited(st.exitcode.unwrap_or(-1)));
+        }
+        if left() < POLL {
+            return Ok(Synced::TimedOut);
         }
         tokio::time::sleep(POLL).await;
     }
