@@ -131,24 +131,24 @@ impl Agent {
         blocks: &[qmp::commands::BlockInfo],
         chosen: &[&qmp::commands::BlockInfo],
     ) {
-        if req.disks.is_empty() || !req.mountpoints.is_empty() {
-            return;
+        let disks: Vec<_> = blocks.iter().filter(|b| b.inserted.is_some()).collect();
+        if req.disks.is_empty() || !req.mountpoints.is_empty() || chosen.len() == disks.len() {
+            return; // Every disk, or the user's mountpoints: nothing to narrow.
         }
-        let ids = |bs: &mut dyn Iterator<Item = &qmp::commands::BlockInfo>| {
-            bs.filter_map(|b| b.qdev_id().map(str::to_owned))
-                .collect::<Vec<_>>()
-        };
-        let listed = ids(&mut blocks.iter().filter(|b| b.inserted.is_some()));
-        // A qdev id that stands for two disks (nested devices) identifies neither.
-        let all: std::collections::BTreeSet<String> = listed
-            .iter()
-            .filter(|id| listed.iter().filter(|x| x == id).count() == 1)
-            .cloned()
+        // qdev id -> how many disks carry it: one that stands for two (nested
+        // devices) identifies neither.
+        let mut count = std::collections::BTreeMap::new();
+        for id in disks.iter().filter_map(|b| b.qdev_id()) {
+            *count.entry(id.to_owned()).or_insert(0) += 1;
+        }
+        let all = count
+            .into_iter()
+            .filter_map(|(id, n)| (n == 1).then_some(id))
             .collect();
-        let chosen_ids = ids(&mut chosen.iter().copied()).into_iter().collect();
-        if chosen.len() == blocks.iter().filter(|b| b.inserted.is_some()).count() {
-            return; // Every disk: a whole freeze.
-        }
+        let chosen_ids = chosen
+            .iter()
+            .filter_map(|b| b.qdev_id().map(str::to_owned))
+            .collect();
         let scope = if self.windows {
             crate::scope::FreezeScope::all(
                 "Windows guest (its agent's PCI slot numbers may not be QEMU's): every volume is frozen",

@@ -152,7 +152,6 @@ impl RunMetrics<'_> {
 /// The path is refused, the directory cannot be written, or the rename fails (the old
 /// file stays whole).
 pub fn write(path: &Path, metrics: &RunMetrics<'_>) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
     let refuse = |why: &str| {
         Err(std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
@@ -188,9 +187,8 @@ pub fn write(path: &Path, metrics: &RunMetrics<'_>) -> std::io::Result<()> {
         let mut file = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
-            .mode(0o644)
             .open(&tmp)?;
-        // create_new honours the umask; the mode must not depend on the caller's.
+        // Set after creating: a mode given at creation is cut by the caller's umask.
         file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
         file.write_all(text.as_bytes())?;
         file.sync_all()?;

@@ -70,8 +70,6 @@ pub(crate) struct WindowTimings {
     pub(crate) in_freeze_overhead: f64,
 }
 
-/// The snapshot's transaction: each disk switches onto its overlay (which already
-/// has the disk's recording bitmaps, see [`crate::bitmaps`]).
 impl Switch {
     /// Copies the window's durations into a report's timings.
     pub(crate) fn fill(&self, t: &mut crate::report::Timings) {
@@ -86,6 +84,8 @@ impl Switch {
     }
 }
 
+/// The snapshot's transaction: each disk switches onto its overlay (which already
+/// has the disk's recording bitmaps, see [`crate::bitmaps`]).
 pub(crate) fn transaction(disks: &[DiskPlan]) -> Transaction {
     Transaction {
         actions: disks
@@ -222,7 +222,8 @@ pub(crate) async fn frozen_switch(
 fn enough(mountpoints: &[String], n: u64) -> Result<u64, Error> {
     let wanted = wanted_filesystems(mountpoints);
     let reason = match n {
-        0 => "the guest froze no filesystem (check --mountpoint)".to_owned(),
+        0 => "the guest froze no filesystem (check --mountpoint, or the report's freeze_scope)"
+            .to_owned(),
         n if n < wanted => format!(
             "the guest froze {n} of the {wanted} filesystems asked for (is every --mountpoint a mountpoint in the guest?)"
         ),
