@@ -362,25 +362,30 @@ mod tests {
         assert_eq!(load_all(dir.path()).unwrap(), vec![m]);
     }
 
-    #[test]
-    fn a_manifest_naming_a_path_outside_its_directory_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut m = sample("b1", None, State::Complete);
-        m.disks.push(Disk {
+    /// Disk `vda` with this image and bitmap, and qsnap's own node and job names.
+    fn disk(image: &str, bitmap: &str) -> Disk {
+        Disk {
             disk: "vda".into(),
             node: "n".into(),
-            image: "../../etc/passwd".into(),
+            image: image.into(),
             backing: None,
             virtual_size: 1,
             data_bytes: 0,
             file_bytes: 0,
-            bitmap: "qsnap-b1".into(),
+            bitmap: bitmap.into(),
             from_bitmap: None,
             sha256: None,
             target_node: "qsnap-t".into(),
             target_file_node: "qsnap-t-f".into(),
             job: "qsnap-t-backup".into(),
-        });
+        }
+    }
+
+    #[test]
+    fn a_manifest_naming_a_path_outside_its_directory_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = sample("b1", None, State::Complete);
+        m.disks.push(disk("../../etc/passwd", "qsnap-b1"));
         m.create(dir.path()).unwrap();
         let err = Manifest::load(&path(dir.path(), "b1")).unwrap_err();
         assert!(err.to_string().contains("not a file name"), "{err}");
@@ -390,21 +395,7 @@ mod tests {
     fn a_manifest_naming_foreign_bitmaps_or_a_fifo_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let mut m = sample("b2", None, State::InProgress);
-        m.disks.push(Disk {
-            disk: "vda".into(),
-            node: "n".into(),
-            image: "b2.vda.qcow2".into(),
-            backing: None,
-            virtual_size: 1,
-            data_bytes: 0,
-            file_bytes: 0,
-            bitmap: "libvirt-checkpoint".into(),
-            from_bitmap: None,
-            sha256: None,
-            target_node: "qsnap-t".into(),
-            target_file_node: "qsnap-t-f".into(),
-            job: "qsnap-t-backup".into(),
-        });
+        m.disks.push(disk("b2.vda.qcow2", "libvirt-checkpoint"));
         m.create(dir.path()).unwrap();
         let err = Manifest::load(&path(dir.path(), "b2")).unwrap_err();
         assert!(err.to_string().contains("not this backup's"), "{err}");
