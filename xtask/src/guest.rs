@@ -98,12 +98,13 @@ pub(crate) fn build(root: &Path) -> Result<PathBuf> {
         qemu_ga: PathBuf::from(QEMU_GA),
         dispatcher: PathBuf::from(DEBIAN_DISPATCHER),
     };
-    build_initramfs(&out, &modules, &host, "initramfs.cpio.gz")?;
+    let built = compile_programs(&out)?;
+    build_initramfs(&out, &modules, &host, &built, "initramfs.cpio.gz")?;
     let debian12 = AgentFiles {
         qemu_ga: qemu72.qemu_ga(),
         dispatcher: qemu72.dispatcher(),
     };
-    build_initramfs(&out, &modules, &debian12, INITRAMFS_72)?;
+    build_initramfs(&out, &modules, &debian12, &built, INITRAMFS_72)?;
     build_disks(&out)?;
     fs::write(out.join("stamp"), stamp)?;
     Ok(out)
@@ -150,8 +151,28 @@ fn find_prefixed(dir: &Path, prefix: &str) -> Result<PathBuf> {
         .with_context(|| format!("no {prefix}* in {}", dir.display()))
 }
 
-/// Builds `out/name` with `agent` as the guest's qemu-ga and dispatcher.
-fn build_initramfs(out: &Path, modules: &Path, agent: &AgentFiles, name: &str) -> Result<()> {
+/// The guest's own programs, compiled once for every initramfs: (binary on the host,
+/// its path in the guest).
+fn compile_programs(out: &Path) -> Result<Vec<(PathBuf, &'static str)>> {
+    let dbwriter = out.join("qsnap-dbwriter");
+    compile(out, "dbwriter.c", DBWRITER_C, &["-lsqlite3"], &dbwriter)?;
+    let probe = out.join("qsnap-stallprobe");
+    compile(out, "stallprobe.c", STALLPROBE_C, &["-pthread"], &probe)?;
+    Ok(vec![
+        (dbwriter, "/usr/bin/qsnap-dbwriter"),
+        (probe, "/usr/bin/qsnap-stallprobe"),
+    ])
+}
+
+/// Builds `out/name` with `agent` as the guest's qemu-ga and dispatcher, and the
+/// compiled `built` programs.
+fn build_initramfs(
+    out: &Path,
+    modules: &Path,
+    agent: &AgentFiles,
+    built: &[(PathBuf, &str)],
+    name: &str,
+) -> Result<()> {
     let stage = out.join("initramfs");
     let _ = fs::remove_dir_all(&stage);
     for d in [
@@ -177,29 +198,23 @@ fn build_initramfs(out: &Path, modules: &Path, agent: &AgentFiles, name: &str) -
     for lib in shared_libraries(&agent.qemu_ga)? {
         copy_into(&stage, &lib)?;
     }
-    let dbwriter = out.join("qsnap-dbwriter");
-    compile(out, "dbwriter.c", DBWRITER_C, &["-lsqlite3"], &dbwriter)?;
-    fs::copy(&dbwriter, stage.join("usr/bin/qsnap-dbwriter"))?;
-    let probe = out.join("qsnap-stallprobe");
-    compile(out, "stallprobe.c", STALLPROBE_C, &["-pthread"], &probe)?;
-    fs::copy(&probe, stage.join("usr/bin/qsnap-stallprobe"))?;
-    for program in PROGRAMS
-        .iter()
-        .map(Path::new)
-        .chain([dbwriter.as_path(), probe.as_path()])
-    {
-        if program.starts_with("/usr") {
-            copy_into(&stage, program)?;
-        }
+    for program in PROGRAMS.iter().map(Path::new) {
+        copy_into(&stage, program)?;
         for lib in shared_libraries(program)? {
             copy_into(&stage, &lib)?;
         }
     }
-    for (name, text) in [
+    for (binary, guest) in built {
+        copy_to(&stage, binary, Path::new(guest))?;
+        for lib in shared_libraries(binary)? {
+            copy_into(&stage, &lib)?;
+        }
+    }
+    for (file, text) in [
         ("hook-sqlite", HOOK_SQLITE),
         ("fsfreeze-hook-strict", STRICT_DISPATCHER),
     ] {
-        let path = stage.join("usr/share/qsnap").join(name);
+        let path = stage.join("usr/share/qsnap").join(file);
         fs::write(&path, text)?;
         set_executable(&path)?;
     }
