@@ -229,17 +229,15 @@ impl Client {
 async fn open(
     path: &Path,
     config: &Config,
-) -> Result<(
-    tokio::net::unix::OwnedReadHalf,
-    tokio::net::unix::OwnedWriteHalf,
-)> {
+) -> Result<(qmp::socket::ReadHalf, qmp::socket::WriteHalf)> {
+    let connect_error = |source| Error::Connect {
+        path: path.to_owned(),
+        source,
+    };
     let stream = qmp::socket::connect_unix(path, config.connect_timeout)
         .await
-        .map_err(|source| Error::Connect {
-            path: path.to_owned(),
-            source,
-        })?;
-    Ok(stream.into_split())
+        .map_err(connect_error)?;
+    qmp::socket::split(stream).map_err(connect_error)
 }
 
 fn execute_op(name: &str, args: &impl Serialize) -> Result<Op> {

@@ -62,13 +62,14 @@ impl Client {
     /// errors of [`Client::handshake`].
     pub async fn connect(path: impl AsRef<Path>, config: Config) -> Result<Self> {
         let path = path.as_ref();
+        let connect_error = |source| Error::Connect {
+            path: path.to_owned(),
+            source,
+        };
         let stream = crate::socket::connect_unix(path, config.connect_timeout)
             .await
-            .map_err(|source| Error::Connect {
-                path: path.to_owned(),
-                source,
-            })?;
-        let (read, write) = stream.into_split();
+            .map_err(connect_error)?;
+        let (read, write) = crate::socket::split(stream).map_err(connect_error)?;
         Self::start(read, write, config).await
     }
 

@@ -86,7 +86,8 @@ async fn qmp_round_trip(vm: &QemuVm) -> Result<()> {
         .arg(&c_src)
         .status()?;
     anyhow::ensure!(built.success(), "gcc failed on the C client");
-    let (mut c, mut raw, mut ours) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut c, mut raw, mut raw_async, mut ours) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..ROUNDS {
         // Off the runtime: a QMP connection just dropped closes on a runtime task, and
         // QEMU serves one monitor client at a time.
@@ -99,6 +100,7 @@ async fn qmp_round_trip(vm: &QemuVm) -> Result<()> {
         }
         let path = vm.qmp_path();
         raw.extend(tokio::task::spawn_blocking(move || raw_round(&path)).await??);
+        raw_async.extend(raw_async_round(&vm.qmp_path()).await?);
         let client = vm.qmp().await?;
         for _ in 0..PER_ROUND {
             let start = Instant::now();
@@ -108,6 +110,7 @@ async fn qmp_round_trip(vm: &QemuVm) -> Result<()> {
     }
     let (c_med, c_p99) = stats(&mut c);
     let (raw_med, raw_p99) = stats(&mut raw);
+    let (async_med, async_p99) = stats(&mut raw_async);
     let (our_med, our_p99) = stats(&mut ours);
     println!(
         "QMP query-status round trip, {} calls each, {ROUNDS} rounds interleaved:",
@@ -115,10 +118,17 @@ async fn qmp_round_trip(vm: &QemuVm) -> Result<()> {
     );
     println!("  raw C client, blocking (baseline)  median {c_med:>7.1?}  p99 {c_p99:>7.1?}");
     println!("  raw blocking Rust socket           median {raw_med:>7.1?}  p99 {raw_p99:>7.1?}");
+    println!(
+        "  raw Tokio socket, same runtime     median {async_med:>7.1?}  p99 {async_p99:>7.1?}"
+    );
     println!("  qmp::Client                        median {our_med:>7.1?}  p99 {our_p99:>7.1?}");
     println!(
         "  ratio qmp::Client / C client       median {:.2}x (target <= 1.05x)",
         our_med.as_secs_f64() / c_med.as_secs_f64()
+    );
+    println!(
+        "  ratio raw Tokio socket / C client  median {:.2}x (the floor of any async client here)",
+        async_med.as_secs_f64() / c_med.as_secs_f64()
     );
     Ok(())
 }
@@ -140,6 +150,41 @@ fn raw_round(path: &Path) -> Result<Vec<Duration>> {
         loop {
             line.clear();
             reader.read_line(&mut line)?;
+            if line.contains("\"return\"") {
+                break;
+            }
+        }
+        times.push(start.elapsed());
+    }
+    Ok(times)
+}
+
+/// One round over a Tokio socket read and written by the calling future itself (no
+/// tasks, no channels, no codec): what waiting on the runtime's reactor instead of a
+/// blocking `read` costs any async client.
+async fn raw_async_round(path: &Path) -> Result<Vec<Duration>> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let stream = tokio::net::UnixStream::connect(path)
+        .await
+        .context("raw async connect")?;
+    let (read, mut writer) = stream.into_split();
+    let mut reader = tokio::io::BufReader::new(read);
+    let mut line = String::new();
+    reader.read_line(&mut line).await?; // greeting
+    writer
+        .write_all(b"{\"execute\":\"qmp_capabilities\"}\n")
+        .await?;
+    line.clear();
+    reader.read_line(&mut line).await?;
+    let mut times = Vec::with_capacity(PER_ROUND);
+    for _ in 0..PER_ROUND {
+        let start = Instant::now();
+        writer
+            .write_all(b"{\"execute\":\"query-status\",\"id\":1}\n")
+            .await?;
+        loop {
+            line.clear();
+            reader.read_line(&mut line).await?;
             if line.contains("\"return\"") {
                 break;
             }
