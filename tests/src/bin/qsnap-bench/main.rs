@@ -24,7 +24,7 @@ const HEAVY_MBPS: u32 = 30;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<()> {
-    // `qsnap-bench [qmp|snapshot|backup|codec|rss|scale|stall]...`: those sections only (default all).
+    // `qsnap-bench [qmp|snapshot|backup|codec|rss|scale|disks16|vms8|stall]...`: those sections only (default all).
     let only: Vec<String> = std::env::args().skip(1).collect();
     let run = |s: &str| only.is_empty() || only.iter().any(|o| o == s);
     println!("qsnap benchmarks (baselines interleaved with qsnap in the same run)\n");
@@ -49,9 +49,12 @@ async fn main() -> Result<()> {
         rss::peak().await?;
         println!();
     }
-    if run("scale") {
+    // `scale` is both `disks16` and `vms8`.
+    if run("scale") || run("disks16") {
         scale::disks16(SCALE_RUNS).await?;
         println!();
+    }
+    if run("scale") || run("vms8") {
         scale::vms8(2).await?;
         println!();
     }

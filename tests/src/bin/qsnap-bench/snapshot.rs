@@ -11,13 +11,13 @@ use qsnap_tests::QemuVm;
 use std::time::{Duration, Instant};
 
 /// One quiesced snapshot's figures.
-struct Sample {
+pub(crate) struct Sample {
     /// The QMP transaction's round trip (QEMU's part of the overhead).
-    transaction: Duration,
+    pub(crate) transaction: Duration,
     /// Freeze reply → thaw sent: the work done while the guest cannot write.
-    overhead: Duration,
+    pub(crate) overhead: Duration,
     /// Freeze sent → thaw reply.
-    window: Duration,
+    pub(crate) window: Duration,
 }
 
 pub(crate) async fn in_freeze_overhead(runs: usize) -> Result<()> {
@@ -30,21 +30,14 @@ pub(crate) async fn in_freeze_overhead(runs: usize) -> Result<()> {
         // as chains grow, and the backup workflow commits after every snapshot.
         let a = qsnap_run(&vm, run).await?;
         commit_back(&vm).await?;
-        let b = baseline_run(&vm, run, Way::Libvirt).await?;
+        let b = baseline_run(&vm, &format!("lv{run}"), Way::Libvirt, &[0, 1]).await?;
         commit_back(&vm).await?;
-        let c = baseline_run(&vm, run, Way::Proxmox).await?;
+        let c = baseline_run(&vm, &format!("px{run}"), Way::Proxmox, &[0, 1]).await?;
         commit_back(&vm).await?;
-        let d = baseline_run(&vm, run, Way::PreCreated).await?;
+        let tag = format!("pc{run}");
+        let d = baseline_run(&vm, &tag, Way::PreCreated, &[0, 1]).await?;
         commit_back(&vm).await?;
-        // Nodes added with blockdev-add stay until deleted, holding their backing.
-        let qmp = vm.qmp().await?;
-        for i in 0..2 {
-            let node = format!("baseline{run}-{i}");
-            let _ = qmp
-                .execute_raw("blockdev-del", serde_json::json!({"node-name": node}))
-                .await;
-        }
-        drop(qmp);
+        drop_overlay_nodes(&vm, &tag, &[0, 1]).await?;
         if run > 0 {
             // Run 0 warms every path up (first agent round trip, page cache).
             ours.push(a);
@@ -140,7 +133,7 @@ async fn qsnap_run(vm: &QemuVm, run: usize) -> Result<Sample> {
 
 /// How a baseline client switches the disks inside the freeze.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Way {
+pub(crate) enum Way {
     /// One `transaction` of `blockdev-snapshot-sync`: QEMU creates and opens the
     /// overlay files while the guest is frozen (libvirt's external snapshots).
     Libvirt,
@@ -153,22 +146,46 @@ enum Way {
     PreCreated,
 }
 
-/// Freeze, switch the disks `way`, thaw — with connections made and synced
-/// beforehand, so only the in-freeze work differs from qsnap.
-async fn baseline_run(vm: &QemuVm, run: usize, way: Way) -> Result<Sample> {
+/// Deletes the overlay nodes a pre-created baseline added (after their commit): nodes
+/// added with `blockdev-add` stay until deleted, holding their backing.
+pub(crate) async fn drop_overlay_nodes(vm: &QemuVm, tag: &str, disks: &[usize]) -> Result<()> {
+    let qmp = vm.qmp().await?;
+    for i in disks {
+        let node = format!("baseline{tag}-{i}");
+        let _ = qmp
+            .execute_raw("blockdev-del", serde_json::json!({"node-name": node}))
+            .await;
+    }
+    Ok(())
+}
+
+/// Freeze, switch the disks `vblkN` for N in `disks` `way`, thaw — with connections
+/// made and synced beforehand, so only the in-freeze work differs from qsnap. `tag`
+/// names this run's overlay files and nodes.
+pub(crate) async fn baseline_run(
+    vm: &QemuVm,
+    tag: &str,
+    way: Way,
+    disks: &[usize],
+) -> Result<Sample> {
     let qmp = vm.qmp().await?;
     let qga = qga::Client::connect(vm.qga_path(), qga::Config::default()).await?;
     let blocks = qmp.execute(&qmp::commands::QueryBlock).await?;
     let mut actions = Vec::new();
-    for (i, b) in blocks.iter().enumerate() {
-        let Some(inserted) = b.inserted.as_ref() else {
-            continue;
+    for &i in disks {
+        let qdev = format!("vblk{i}");
+        let Some(inserted) = blocks
+            .iter()
+            .find(|b| b.qdev_id() == Some(qdev.as_str()))
+            .and_then(|b| b.inserted.as_ref())
+        else {
+            anyhow::bail!("no disk {qdev} in query-block");
         };
         let Some(node) = inserted.node_name.clone() else {
-            continue;
+            anyhow::bail!("{qdev} has no node name");
         };
-        let file = vm.dir().join(format!("baseline{run}-{i}.qcow2"));
-        let overlay = format!("baseline{run}-{i}");
+        let file = vm.dir().join(format!("baseline{tag}-{i}.qcow2"));
+        let overlay = format!("baseline{tag}-{i}");
         if way == Way::PreCreated {
             let status = std::process::Command::new("qemu-img")
                 .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
