@@ -3,7 +3,12 @@
  * One thread per DIR rewrites a 4 KiB block of DIR/stallprobe every millisecond
  * (a buffered pwrite: it blocks while the filesystem is frozen) and logs every write
  * that took longer than 5 ms to the console:
- *   qsnap-stall: DIR MS
+ *   qsnap-stall: DIR MS RUNQ_MS CPU_MS
+ * RUNQ_MS is how long of it the thread waited for the CPU (runnable, not running) and
+ * CPU_MS how long it ran, both from /proc/thread-self/schedstat; the rest is the time
+ * the write was blocked (asleep in the kernel, as on a frozen filesystem). On a
+ * single-vCPU TCG guest a write can wait for the CPU behind the freeze's own kernel
+ * work without being blocked at all. Without schedstat only MS is logged.
  * With --heavy, one more thread writes MBPS MB/s of buffered data (1 MiB pwrites
  * cycling through a 32 MiB file, never synced) into DIR/heavy, so the page cache
  * holds dirty data that a freeze must write out first. */
@@ -23,6 +28,19 @@ static double now_ms(void) {
 }
 
 static FILE *console;
+/* This thread's run time and run-queue wait so far, in ms; -1 without schedstat. */
+static int sched_ms(int fd, double *cpu, double *runq) {
+    char buf[128];
+    if (fd < 0) return -1;
+    ssize_t n = pread(fd, buf, sizeof buf - 1, 0);
+    if (n <= 0) return -1;
+    buf[n] = 0;
+    unsigned long long c, r;
+    if (sscanf(buf, "%llu %llu", &c, &r) != 2) return -1;
+    *cpu = c / 1e6;
+    *runq = r / 1e6;
+    return 0;
+}
 
 static void *probe(void *arg) {
     const char *dir = arg;
@@ -30,14 +48,21 @@ static void *probe(void *arg) {
     snprintf(path, sizeof path, "%s/stallprobe", dir);
     int fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
     if (fd < 0) { perror(path); return NULL; }
+    int sched = open("/proc/thread-self/schedstat", O_RDONLY | O_CLOEXEC);
     char block[4096];
     memset(block, 'p', sizeof block);
     for (;;) {
+        double cpu0 = 0, runq0 = 0, cpu1 = 0, runq1 = 0;
+        int have = sched_ms(sched, &cpu0, &runq0) == 0;
         double start = now_ms();
         if (pwrite(fd, block, sizeof block, 0) < 0) { perror("pwrite"); sleep(1); }
         double took = now_ms() - start;
         if (took > 5.0) {
-            fprintf(console, "qsnap-stall: %s %.1f\n", dir, took);
+            if (have && sched_ms(sched, &cpu1, &runq1) == 0)
+                fprintf(console, "qsnap-stall: %s %.1f %.1f %.1f\n", dir, took, runq1 - runq0,
+                        cpu1 - cpu0);
+            else
+                fprintf(console, "qsnap-stall: %s %.1f\n", dir, took);
             fflush(console);
         }
         usleep(1000);
