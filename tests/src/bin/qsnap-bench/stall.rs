@@ -187,9 +187,8 @@ pub(crate) async fn scope(runs: usize) -> Result<()> {
         }
     }
     println!("A snapshot of vblk1 (/data2) of a 2-disk guest, {runs} runs each (interleaved):");
-    let longest = |v: &[Felt], f: fn(&Felt, &str) -> f64| {
-        v.iter().map(|x| f(x, "/data")).fold(0.0, f64::max)
-    };
+    let longest =
+        |v: &[Felt], f: fn(&Felt, &str) -> f64| v.iter().map(|x| f(x, "/data")).fold(0.0, f64::max);
     println!(
         "  longest write on /data (not in the snapshot): scoped {:.1} ms, whole freeze {:.1} ms (0: none > 5 ms)",
         longest(&scoped, Felt::stall),
