@@ -43,7 +43,7 @@ pub fn split(stream: UnixStream) -> io::Result<(ReadHalf, WriteHalf)> {
     // Stays non-blocking: Tokio hands it back that way, and the duplicate shares it.
     let stream = stream.into_std()?;
     let writer = stream.try_clone()?;
-    let reader = register(stream, Interest::READABLE)?;
+    let reader = register(stream, Interest::READABLE).map_err(|(e, _)| e)?;
     Ok((
         ReadHalf { fd: reader },
         WriteHalf {
@@ -52,6 +52,9 @@ pub fn split(stream: UnixStream) -> io::Result<(ReadHalf, WriteHalf)> {
     ))
 }
 
+/// The most one read takes (and zeroes first).
+const READ_CHUNK: usize = 64 * 1024;
+
 /// Registers a socket with the runtime for `interest` only.
 ///
 /// Tokio 1.54 deprecated the safe constructor in favour of an `unsafe` one (this
@@ -59,9 +62,18 @@ pub fn split(stream: UnixStream) -> io::Result<(ReadHalf, WriteHalf)> {
 /// descriptor later. A std `UnixStream` owns its descriptor and reports that same one
 /// until it is dropped or taken back with `into_inner`, which is what the safe
 /// constructor requires.
+///
+/// # Errors
+/// When the runtime refuses the descriptor; the stream comes back with the error.
 #[allow(deprecated)]
-fn register(stream: StdStream, interest: Interest) -> io::Result<AsyncFd<StdStream>> {
-    AsyncFd::with_interest(stream, interest)
+fn register(
+    stream: StdStream,
+    interest: Interest,
+) -> Result<AsyncFd<StdStream>, (io::Error, StdStream)> {
+    AsyncFd::try_with_interest(stream, interest).map_err(|e| {
+        let (stream, error) = e.into_parts();
+        (error, stream)
+    })
 }
 
 /// The read half of [`split`]: registered for readability only.
@@ -79,7 +91,10 @@ impl AsyncRead for ReadHalf {
         let this = self.get_mut();
         loop {
             let mut guard = ready!(this.fd.poll_read_ready(cx))?;
-            let unfilled = buf.initialize_unfilled();
+            // FramedRead hands over all its spare capacity, uninitialised, on every
+            // read; zeroing all of it each time (large after a large reply) would cost
+            // more than the read, so at most READ_CHUNK is offered.
+            let unfilled = buf.initialize_unfilled_to(buf.remaining().min(READ_CHUNK));
             let wanted = unfilled.len();
             match guard.try_io(|fd| fd.get_ref().read(unfilled)) {
                 Ok(Ok(n)) => {
@@ -103,7 +118,8 @@ impl AsyncRead for ReadHalf {
 
 /// The write half of [`split`]: writes directly, and registers for writability only
 /// while the socket's send buffer is full. Dropping it shuts the socket's write
-/// direction down (as Tokio's owned halves do), so the peer sees the end.
+/// direction down (as Tokio's owned halves do), so the peer sees the end. Polled
+/// inside a Tokio runtime (a write that would block registers with it).
 #[derive(Debug)]
 pub struct WriteHalf {
     /// `None` only while switching between the two states.
@@ -142,8 +158,14 @@ impl AsyncWrite for WriteHalf {
                 None => return Poll::Ready(Err(lost())),
                 Some(WriteState::Plain(stream)) => match (&stream).write(buf) {
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        this.state =
-                            Some(WriteState::Waiting(register(stream, Interest::WRITABLE)?));
+                        match register(stream, Interest::WRITABLE) {
+                            Ok(fd) => this.state = Some(WriteState::Waiting(fd)),
+                            // Kept, so the drop still shuts the write direction down.
+                            Err((e, stream)) => {
+                                this.state = Some(WriteState::Plain(stream));
+                                return Poll::Ready(Err(e));
+                            }
+                        }
                     }
                     result => {
                         this.state = Some(WriteState::Plain(stream));
@@ -205,12 +227,25 @@ mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+    /// Every test ends well inside this, or failed (a lost wake-up hangs, not fails).
+    const BOUND: Duration = Duration::from_secs(10);
+
+    async fn bounded<T>(what: &str, f: impl Future<Output = T>) -> T {
+        tokio::time::timeout(BOUND, f)
+            .await
+            .unwrap_or_else(|_| panic!("{what} hung"))
+    }
+
+    fn payload(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i % 251) as u8).collect()
+    }
+
     #[tokio::test]
     async fn a_write_larger_than_the_socket_buffer_waits_for_the_peer_then_goes_back_to_plain() {
         let (ours, mut peer) = UnixStream::pair().unwrap();
         let (_read, mut write) = split(ours).unwrap();
-        let payload: Vec<u8> = (0..8 << 20).map(|i: u32| (i % 251) as u8).collect();
-        let expected = payload.clone();
+        let data = payload(8 << 20);
+        let expected = data.clone();
         let reader = tokio::spawn(async move {
             // Let the writer fill the buffer and block first.
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -218,13 +253,70 @@ mod tests {
             peer.read_to_end(&mut got).await.unwrap();
             got
         });
-        write.write_all(&payload).await.unwrap();
+        bounded("the blocked write", write.write_all(&data))
+            .await
+            .unwrap();
         assert!(
             matches!(write.state, Some(WriteState::Plain(_))),
             "still registered for writability after the write completed"
         );
         drop(write); // shuts the write direction: the peer sees the end
-        assert!(reader.await.unwrap() == expected, "bytes lost or reordered");
+        let got = bounded("the peer's read", reader).await.unwrap();
+        assert!(got == expected, "bytes lost or reordered");
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_blocked_write_resumes_and_blocks_again_without_losing_a_byte() {
+        let (ours, mut peer) = UnixStream::pair().unwrap();
+        let (_read, mut write) = split(ours).unwrap();
+        let data = payload(4 << 20);
+        // Nobody reads: the write blocks, and its caller gives up (a timeout).
+        let mut sent = 0;
+        let gave_up = tokio::time::timeout(Duration::from_millis(100), async {
+            while sent < data.len() {
+                sent += write.write(&data[sent..]).await.unwrap();
+            }
+        })
+        .await;
+        assert!(gave_up.is_err(), "4 MiB fit in the socket buffer");
+        assert!(matches!(write.state, Some(WriteState::Waiting(_))));
+        // The rest goes out once the peer reads, blocking (re-registering) again on
+        // the way; the peer sees exactly the bytes whose writes returned, in order.
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            peer.read_to_end(&mut got).await.unwrap();
+            got
+        });
+        bounded("the resumed write", write.write_all(&data[sent..]))
+            .await
+            .unwrap();
+        drop(write);
+        let got = bounded("the peer's read", reader).await.unwrap();
+        assert!(got == data, "bytes lost, doubled or reordered");
+    }
+
+    #[tokio::test]
+    async fn the_peer_closing_while_a_write_is_blocked_fails_the_write() {
+        let (ours, peer) = UnixStream::pair().unwrap();
+        let (_read, mut write) = split(ours).unwrap();
+        let closer = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            drop(peer);
+        });
+        let result = bounded(
+            "a write to a peer that closed",
+            write.write_all(&payload(8 << 20)),
+        )
+        .await;
+        closer.await.unwrap();
+        let kind = result.unwrap_err().kind();
+        assert!(
+            matches!(
+                kind,
+                io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+            ),
+            "{kind:?}"
+        );
     }
 
     #[tokio::test]
@@ -238,9 +330,29 @@ mod tests {
             }
         });
         let mut got = Vec::new();
-        read.read_to_end(&mut got).await.unwrap();
+        bounded("the read", read.read_to_end(&mut got))
+            .await
+            .unwrap();
         writer.await.unwrap();
         assert_eq!(got, b"{\"return\": {}}\n{\"return\": 1}\n");
+    }
+
+    #[tokio::test]
+    async fn a_read_after_a_large_one_still_gets_everything() {
+        // A reply larger than one read chunk, then a small one: the bounded chunk
+        // must not lose or reorder anything.
+        let (ours, mut peer) = UnixStream::pair().unwrap();
+        let (mut read, _write) = split(ours).unwrap();
+        let mut data = payload(3 * READ_CHUNK + 17);
+        data.extend_from_slice(b"tail\n");
+        let sent = data.clone();
+        let writer = tokio::spawn(async move { peer.write_all(&sent).await.unwrap() });
+        let mut got = Vec::new();
+        bounded("the read", read.read_to_end(&mut got))
+            .await
+            .unwrap();
+        writer.await.unwrap();
+        assert!(got == data);
     }
 
     #[tokio::test]
@@ -248,9 +360,7 @@ mod tests {
         let (ours, peer) = UnixStream::pair().unwrap();
         let (_read, mut write) = split(ours).unwrap();
         drop(peer);
-        let result = tokio::time::timeout(Duration::from_secs(5), write.write_all(b"x\n"))
-            .await
-            .expect("a write to a closed peer hung");
+        let result = bounded("a write to a closed peer", write.write_all(b"x\n")).await;
         assert_eq!(result.unwrap_err().kind(), io::ErrorKind::BrokenPipe);
     }
 }
