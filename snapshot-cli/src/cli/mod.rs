@@ -6,6 +6,7 @@ mod backup;
 mod commit;
 mod docs;
 mod info;
+mod log;
 mod metrics;
 mod output;
 mod raw;
@@ -62,18 +63,9 @@ pub(crate) fn main() -> ExitCode {
     ExitCode::from(code)
 }
 
-/// Log lines waiting for stderr; more are dropped (even `-vv` on a whole run stays far
-/// below it unless stderr stalls, which is when dropping is the point).
-const LOG_QUEUE_LINES: usize = 1024;
-
-/// Logging goes through a lossy non-blocking writer: a stalled stderr (a paused
-/// terminal, a pipe nobody reads) must never block the runtime while the guest is
-/// frozen. Lines it cannot take are dropped.
-///
-/// Its queue holds [`LOG_QUEUE_LINES`]: the default (128 000) is an array channel
-/// allocated and touched whole at start, 4 MiB of the process's 10 MiB peak (measured
-/// with `/proc/PID/smaps`), for a program that logs a few lines per run.
-fn init_logging(global: &Global) -> tracing_appender::non_blocking::WorkerGuard {
+/// Logging goes through [`log`]'s lossy queue: a stalled stderr (a paused terminal, a
+/// pipe nobody reads) must never block the runtime while the guest is frozen.
+fn init_logging(global: &Global) -> log::Guard {
     let level = match (global.quiet, global.verbose) {
         (true, _) => "error",
         (false, 0) => "warn",
@@ -81,15 +73,12 @@ fn init_logging(global: &Global) -> tracing_appender::non_blocking::WorkerGuard 
         (false, _) => "trace",
     };
     let filter = EnvFilter::try_from_env("QSNAP_LOG").unwrap_or_else(|_| EnvFilter::new(level));
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(true)
-        .buffered_lines_limit(LOG_QUEUE_LINES)
-        .finish(std::io::stderr());
+    let (writer, guard) = log::start();
     // A closed terminal makes every stderr write fail: tracing must not report that
     // through eprintln!, which panics.
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(writer)
+        .with_writer(move || writer.clone())
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .log_internal_errors(false)
         .with_target(false)
