@@ -4,11 +4,14 @@
  * (a buffered pwrite: it blocks while the filesystem is frozen) and logs every write
  * that took longer than 5 ms to the console:
  *   qsnap-stall: DIR MS RUNQ_MS CPU_MS
- * RUNQ_MS is how long of it the thread waited for the CPU (runnable, not running) and
- * CPU_MS how long it ran, both from /proc/thread-self/schedstat; the rest is the time
- * the write was blocked (asleep in the kernel, as on a frozen filesystem). On a
- * single-vCPU TCG guest a write can wait for the CPU behind the freeze's own kernel
- * work without being blocked at all. Without schedstat only MS is logged.
+ * RUNQ_MS is how long of it the thread waited for the CPU (runnable, not running: the
+ * run_delay of /proc/thread-self/schedstat) and CPU_MS how long it ran
+ * (CLOCK_THREAD_CPUTIME_ID); the rest is the time the write was blocked (asleep in the
+ * kernel, as on a frozen filesystem). On a single-vCPU TCG guest a write can wait for
+ * the CPU behind the freeze's own kernel work without being blocked at all. Time the
+ * whole VM stands still counts as running or waiting if the thread was, as blocked if
+ * it slept. Without schedstat only MS is logged (and the bench counts it all as
+ * blocked).
  * With --heavy, one more thread writes MBPS MB/s of buffered data (1 MiB pwrites
  * cycling through a 32 MiB file, never synced) into DIR/heavy, so the page cache
  * holds dirty data that a freeze must write out first. */
@@ -28,7 +31,7 @@ static double now_ms(void) {
 }
 
 static FILE *console;
-/* This thread's run time and run-queue wait so far, in ms; -1 without schedstat. */
+/* This thread's CPU time and run-queue wait so far, in ms; -1 without schedstat. */
 static int sched_ms(int fd, double *cpu, double *runq) {
     char buf[128];
     if (fd < 0) return -1;
@@ -37,7 +40,9 @@ static int sched_ms(int fd, double *cpu, double *runq) {
     buf[n] = 0;
     unsigned long long c, r;
     if (sscanf(buf, "%llu %llu", &c, &r) != 2) return -1;
-    *cpu = c / 1e6;
+    struct timespec t;
+    if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t) != 0) return -1;
+    *cpu = t.tv_sec * 1e3 + t.tv_nsec / 1e6;
     *runq = r / 1e6;
     return 0;
 }

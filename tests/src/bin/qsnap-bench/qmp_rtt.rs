@@ -1,7 +1,8 @@
 //! The QMP round trip (`query-status`): `qmp::Client` against a raw C client compiled
-//! by the bench (the baseline), a raw blocking Rust socket and a raw Tokio socket
-//! driven by the calling future (no tasks): the floors of a blocking and of an async
-//! client on this machine.
+//! by the bench (the baseline), a raw blocking Rust socket, and a raw async socket —
+//! the very halves `qmp::Client` uses (`qmp::socket::split`), read and written by the
+//! calling future itself, no tasks, channels or codec: the floors of a blocking and of
+//! an async client on this machine.
 //!
 //! The machine is shared and its speed drifts over seconds, so the clients take turns
 //! in many short rounds (their order rotating each round) and the result is the median
@@ -25,7 +26,7 @@ const QMP_RTT_C: &str = include_str!("c/qmp_rtt.c");
 const NAMES: [&str; 4] = [
     "raw C client, blocking (baseline)",
     "raw blocking Rust socket",
-    "raw Tokio socket, same runtime",
+    "raw async socket, no tasks",
     "qmp::Client",
 ];
 
@@ -61,7 +62,7 @@ pub(crate) async fn round_trip(vm: &QemuVm) -> Result<()> {
         let (med, p99) = stats(&mut all);
         println!("  {name:<34} median {med:>7.1?}  p99 {p99:>7.1?}");
     }
-    for (k, what) in [(3, "qmp::Client"), (2, "raw Tokio socket")] {
+    for (k, what) in [(3, "qmp::Client"), (2, "raw async socket")] {
         let (lo, med, hi) = round_ratios(&rounds, k);
         println!(
             "  ratio {what} / C client, median of the per-round ratios {med:.3}x (quartiles {lo:.3}–{hi:.3}){}",
@@ -135,7 +136,7 @@ fn raw_round(path: &Path) -> Result<Vec<Duration>> {
         writer.write_all(b"{\"execute\":\"query-status\",\"id\":1}\n")?;
         loop {
             line.clear();
-            reader.read_line(&mut line)?;
+            anyhow::ensure!(reader.read_line(&mut line)? > 0, "QEMU closed the socket");
             if line.contains("\"return\"") {
                 break;
             }
@@ -145,15 +146,15 @@ fn raw_round(path: &Path) -> Result<Vec<Duration>> {
     Ok(times)
 }
 
-/// One round over a Tokio socket read and written by the calling future itself (no
-/// tasks, no channels, no codec): what waiting on the runtime's reactor instead of a
-/// blocking `read` costs any async client.
+/// One round over `qmp::socket`'s halves read and written by the calling future itself
+/// (no tasks, no channels, no codec): what waiting on the runtime's reactor instead of
+/// a blocking `read` costs any async client.
 async fn raw_async_round(path: &Path) -> Result<Vec<Duration>> {
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
     let stream = tokio::net::UnixStream::connect(path)
         .await
         .context("raw async connect")?;
-    let (read, mut writer) = stream.into_split();
+    let (read, mut writer) = qmp::socket::split(stream)?;
     let mut reader = tokio::io::BufReader::new(read);
     let mut line = String::new();
     reader.read_line(&mut line).await?; // greeting
@@ -170,7 +171,10 @@ async fn raw_async_round(path: &Path) -> Result<Vec<Duration>> {
             .await?;
         loop {
             line.clear();
-            reader.read_line(&mut line).await?;
+            anyhow::ensure!(
+                reader.read_line(&mut line).await? > 0,
+                "QEMU closed the socket"
+            );
             if line.contains("\"return\"") {
                 break;
             }

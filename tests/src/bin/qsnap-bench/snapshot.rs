@@ -3,12 +3,15 @@
 //! and pre-created overlays (the floor).
 
 use crate::stats;
-use anyhow::Result;
+use anyhow::{Context, Result};
 use qga::commands::{GuestFsfreezeFreeze, GuestFsfreezeThaw};
 use qmp::commands::{BlockdevSnapshotSync, Transaction, TransactionAction};
 use qsnap::{CancellationToken, SnapshotRequest};
 use qsnap_tests::QemuVm;
 use std::time::{Duration, Instant};
+
+/// The freeze deadline of the baselines and of the qsnap runs beside them.
+pub(crate) const FREEZE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// One quiesced snapshot's figures.
 pub(crate) struct Sample {
@@ -117,9 +120,10 @@ pub(crate) async fn commit_disks(vm: &QemuVm, disks: &[usize]) -> Result<()> {
 }
 
 async fn qsnap_run(vm: &QemuVm, run: usize) -> Result<Sample> {
-    let req = SnapshotRequest::new(vm.qmp_path())
+    let mut req = SnapshotRequest::new(vm.qmp_path())
         .qga(vm.qga_path())
         .name(format!("bench{run}"));
+    req.freeze_timeout = FREEZE_TIMEOUT;
     let report = qsnap::snapshot(&req, &CancellationToken::new())
         .await
         .map_err(|e| anyhow::anyhow!("qsnap snapshot (run {run}): {e:?}"))?;
@@ -152,9 +156,9 @@ pub(crate) async fn drop_overlay_nodes(vm: &QemuVm, tag: &str, disks: &[usize]) 
     let qmp = vm.qmp().await?;
     for i in disks {
         let node = format!("baseline{tag}-{i}");
-        let _ = qmp
-            .execute_raw("blockdev-del", serde_json::json!({"node-name": node}))
-            .await;
+        qmp.execute_raw("blockdev-del", serde_json::json!({"node-name": node}))
+            .await
+            .with_context(|| format!("blockdev-del {node}: a baseline's node leaked"))?;
     }
     Ok(())
 }
@@ -215,7 +219,15 @@ pub(crate) async fn baseline_run(
         }
     }
     let freeze_sent = Instant::now();
-    qga.execute(&GuestFsfreezeFreeze).await?;
+    // The bound qsnap is given beside it; a freeze that fails or answers late still
+    // gets its thaw (queued behind it), so the bench never leaves the guest frozen.
+    if let Err(e) = qga
+        .execute_with_timeout(&GuestFsfreezeFreeze, FREEZE_TIMEOUT)
+        .await
+    {
+        qga.execute_urgent(&GuestFsfreezeThaw)?;
+        return Err(anyhow::anyhow!("baseline freeze: {e}"));
+    }
     let freeze_reply = Instant::now();
     let switched = if way == Way::Proxmox {
         let mut result = Ok(());
@@ -234,7 +246,10 @@ pub(crate) async fn baseline_run(
     };
     let thaw_sent = Instant::now();
     let transaction = thaw_sent - freeze_reply;
-    qga.execute(&GuestFsfreezeThaw).await?;
+    if let Err(e) = qga.execute(&GuestFsfreezeThaw).await {
+        qga.execute_urgent(&GuestFsfreezeThaw)?;
+        return Err(anyhow::anyhow!("baseline thaw: {e}"));
+    }
     let thaw_reply = Instant::now();
     switched?;
     Ok(Sample {

@@ -58,7 +58,9 @@ async fn felt(vm: &QemuVm, req: &SnapshotRequest) -> Result<Felt> {
     let stall = log
         .get(before..)
         .unwrap_or_default()
-        .lines()
+        .split_inclusive('\n')
+        // A line the probe is still writing could be cut inside a number.
+        .filter(|l| l.ends_with('\n'))
         .filter_map(|l| {
             let mut w = l.trim().strip_prefix("qsnap-stall: ")?.split_whitespace();
             let dir = w.next()?.to_owned();
@@ -195,7 +197,7 @@ pub(crate) async fn scope(runs: usize) -> Result<()> {
         longest(&whole, Felt::stall)
     );
     println!(
-        "    of it blocked (not waiting for or using the vCPU): scoped {:.1} ms, whole freeze {:.1} ms (target: none > 5 ms)",
+        "  longest time any write on /data was blocked (not waiting for or using the vCPU): scoped {:.1} ms, whole freeze {:.1} ms (target: none > 5 ms)",
         longest(&scoped, Felt::blocked),
         longest(&whole, Felt::blocked)
     );
