@@ -15,7 +15,11 @@
 //!
 //! A rescue connects without waiting for a sync, writes `0xFF` + thaw at once (it
 //! queues behind a freeze a slow fsfreeze hook still holds), then resyncs and reads
-//! `guest-fsfreeze-status` until the guest reports `thawed`, for up to [`RESCUE_FOR`].
+//! `guest-fsfreeze-status` until the guest reports `thawed`, for up to [`RESCUE_FOR`] —
+//! unless nothing listens on the agent socket any more for [`GONE_AFTER`] (the socket
+//! file is gone or refuses connections: its QEMU has exited, and a guest without a
+//! running QEMU is not frozen). Then it stops and frees the VM lock at once, so that a
+//! restarted VM can be snapshotted again.
 //!
 //! The guardian survives what kills a coordinator: it starts its own session
 //! (`setsid`: no controlling terminal, so a closed SSH session sends it no SIGHUP),
@@ -39,6 +43,9 @@ pub const GRACE: Duration = Duration::from_secs(5);
 /// How long a rescue keeps trying to see the guest thawed (a slow fsfreeze hook can
 /// hold the agent for minutes).
 pub const RESCUE_FOR: Duration = Duration::from_secs(15 * 60);
+/// How long nothing must listen on the agent socket before a rescue concludes its
+/// QEMU has exited.
+pub const GONE_AFTER: Duration = Duration::from_secs(10);
 /// The guardian's process name (`comm`), chosen so `pkill qsnap` does not match it.
 pub const PROCESS_NAME: &std::ffi::CStr = c"fsthaw-guard";
 
@@ -234,10 +241,13 @@ fn kill(pid: u32) {
     }
 }
 
-/// Queues a thaw at once, then keeps confirming until the guest reads thawed.
+/// Queues a thaw at once, then keeps confirming until the guest reads thawed, or until
+/// nothing has listened on the agent socket for [`GONE_AFTER`].
 pub(crate) async fn rescue(qga: &Path, log: &crate::guardian_log::Log) -> i32 {
     let give_up = Instant::now() + RESCUE_FOR;
     let mut last_error = String::new();
+    // Since when every attempt found no listener (reset by any other outcome).
+    let mut unheard_since: Option<Instant> = None;
     while Instant::now() < give_up {
         match crate::freeze::thaw_guest(qga, give_up - Instant::now()).await {
             Ok(_) => {
@@ -245,6 +255,18 @@ pub(crate) async fn rescue(qga: &Path, log: &crate::guardian_log::Log) -> i32 {
                 return 0;
             }
             Err(e) => {
+                if no_listener(&e) {
+                    let since = *unheard_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= GONE_AFTER {
+                        log.line(&format!(
+                            "nothing has listened on {} for {GONE_AFTER:?} ({e:#}): its QEMU has exited, so no guest is left frozen behind it; stopping",
+                            qga.display()
+                        ));
+                        return 0;
+                    }
+                } else {
+                    unheard_since = None;
+                }
                 let text = format!("{e:#}");
                 if text != last_error {
                     log.line(&format!("not thawed yet: {text}"));
@@ -259,4 +281,103 @@ pub(crate) async fn rescue(qga: &Path, log: &crate::guardian_log::Log) -> i32 {
         qga.display()
     ));
     5
+}
+
+/// True when connecting to the agent socket found no listener: the path is gone, or
+/// it refuses connections (a Unix socket refuses only when nobody listens; a QEMU that
+/// is busy with another client still queues the connection).
+fn no_listener(e: &Error) -> bool {
+    let Error::ThawUnconfirmed {
+        source: Some(source),
+        ..
+    } = e
+    else {
+        return false;
+    };
+    matches!(
+        source.as_ref(),
+        qga::Error::Connect { source, .. }
+            if matches!(source.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::guardian_log::Log;
+
+    fn logged(path: &Path) -> String {
+        std::fs::read_to_string(path).unwrap_or_default()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_rescue_stops_when_the_agent_socket_is_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let log_path = dir.path().join("g.log");
+        let log = Log::open(Some(&log_path));
+        let start = Instant::now();
+        let code = rescue(&dir.path().join("no-such.sock"), &log).await;
+        assert_eq!(code, 0);
+        let took = start.elapsed();
+        assert!(took >= GONE_AFTER && took < GONE_AFTER * 2, "{took:?}");
+        assert!(
+            logged(&log_path).contains("its QEMU has exited"),
+            "{}",
+            logged(&log_path)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_rescue_stops_when_the_agent_socket_refuses_connections() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("qga.sock");
+        // Bound, then closed: the file stays, nobody listens (a QEMU that was killed).
+        drop(std::os::unix::net::UnixListener::bind(&sock).unwrap());
+        let log_path = dir.path().join("g.log");
+        let code = rescue(&sock, &Log::open(Some(&log_path))).await;
+        assert_eq!(code, 0);
+        assert!(
+            logged(&log_path).contains("its QEMU has exited"),
+            "{}",
+            logged(&log_path)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_rescue_keeps_trying_while_something_still_listens() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("qga.sock");
+        // A QEMU whose agent never answers (a hook holding it): connections queue.
+        let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        let log_path = dir.path().join("g.log");
+        let log = Log::open(Some(&log_path));
+        let still = tokio::time::timeout(GONE_AFTER * 6, rescue(&sock, &log)).await;
+        assert!(still.is_err(), "gave up on a socket that still listens");
+        assert!(!logged(&log_path).contains("its QEMU has exited"));
+    }
+
+    #[test]
+    fn only_a_missing_or_refusing_socket_counts_as_no_listener() {
+        let unconfirmed = |kind: std::io::ErrorKind| Error::ThawUnconfirmed {
+            qga: "q".into(),
+            source: Some(Box::new(qga::Error::Connect {
+                path: "q".into(),
+                source: kind.into(),
+            })),
+            left: Vec::new(),
+        };
+        assert!(no_listener(&unconfirmed(std::io::ErrorKind::NotFound)));
+        assert!(no_listener(&unconfirmed(
+            std::io::ErrorKind::ConnectionRefused
+        )));
+        assert!(!no_listener(&unconfirmed(
+            std::io::ErrorKind::PermissionDenied
+        )));
+        assert!(!no_listener(&unconfirmed(std::io::ErrorKind::TimedOut)));
+        assert!(!no_listener(&Error::ThawUnconfirmed {
+            qga: "q".into(),
+            source: None,
+            left: Vec::new(),
+        }));
+    }
 }
