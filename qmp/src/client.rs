@@ -47,6 +47,13 @@ struct PendingGuard<'a> {
     id: u64,
 }
 
+impl PendingGuard<'_> {
+    /// The reply came: the reader already removed the call, nothing to forget.
+    fn disarm(self) {
+        std::mem::forget(self);
+    }
+}
+
 impl Drop for PendingGuard<'_> {
     fn drop(&mut self) {
         self.shared.forget(self.id);
@@ -192,11 +199,14 @@ impl Client {
             source,
         })?;
         let rx = self.shared.register(id).map_err(Error::Disconnected)?;
-        let _guard = PendingGuard {
+        let guard = PendingGuard {
             shared: &self.shared,
             id,
         };
         let reply = timeout(deadline, self.send_and_wait(message, rx)).await;
+        if matches!(reply, Ok(Ok(_))) {
+            guard.disarm();
+        }
         match reply {
             Err(_) => Err(Error::Timeout {
                 command: name.to_owned(),

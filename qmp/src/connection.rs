@@ -168,14 +168,17 @@ async fn write_task<W: AsyncWrite + Unpin>(
 ) {
     loop {
         let first = tokio::select! {
+            // In order (no random pick per poll): the reader's end first, so that a
+            // queue that never empties cannot hide it.
+            biased;
+            // Cancel-safe: a oneshot receiver can be polled again. The reader has
+            // recorded the cause already.
+            _ = &mut reader_gone => return,
             // Cancel-safe: mpsc::Receiver::recv loses no message when dropped.
             first = rx.recv() => match first {
                 Some(first) => first,
                 None => break,
             },
-            // Cancel-safe: a oneshot receiver can be polled again. The reader has
-            // recorded the cause already.
-            _ = &mut reader_gone => return,
         };
         let mut result = sink.feed(Outgoing::Message(first)).await;
         // Batch whatever else is queued into the same flush.
@@ -199,6 +202,9 @@ async fn read_task<R: AsyncRead + Unpin>(
 ) {
     let cause = loop {
         tokio::select! {
+            // In order (no random pick per poll): the writer's end first, so that a
+            // peer flooding events cannot hide it.
+            biased;
             // Cancel-safe: a oneshot receiver can be polled again after a lost race.
             _ = &mut writer_gone => break Disconnect::Closed,
             // Cancel-safe: FramedRead keeps a partial frame in its buffer between polls.

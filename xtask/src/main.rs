@@ -19,7 +19,7 @@ commands:
   guest-image   install the Debian packages the rig needs and build the test guest
   test          fmt check, clippy -D warnings, rustdoc -D warnings, every test (real QEMU too)
   demo          boot the demo guest and run qsnap against it
-  bench         run the benchmarks: [qmp|snapshot|backup|codec|rss|scale|disks16|vms8|stall]... (default all; scale = disks16 + vms8)
+  bench         run the benchmarks: [qmp|qmpcpu|snapshot|backup|codec|rss|scale|disks16|vms8|stall]... (default all; scale = disks16 + vms8)
   fuzz          run the fuzzer (release build): [--for 60s] [--target codec|envelope|qga-client]
                 [--seed N [--iteration K]]; see docs/fuzzing.md";
 

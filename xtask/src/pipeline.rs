@@ -108,7 +108,7 @@ fn build_qsnap(root: &Path, release: bool) -> Result<std::path::PathBuf> {
 }
 
 /// Runs the benchmarks (release build) against the real guest; `sections` picks some
-/// (`qmp`, `snapshot`, `backup`, `codec`, `rss`, `scale` = `disks16` + `vms8`, `stall`),
+/// (`qmp`, `qmpcpu`, `snapshot`, `backup`, `codec`, `rss`, `scale` = `disks16` + `vms8`, `stall`),
 /// none means all.
 pub(crate) fn bench(root: &Path, sections: &[String]) -> Result<()> {
     let image = guest::build(root)?;

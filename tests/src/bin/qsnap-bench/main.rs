@@ -19,13 +19,19 @@ const HEAVY_MBPS: u32 = 30;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<()> {
-    // `qsnap-bench [qmp|snapshot|backup|codec|rss|scale|disks16|vms8|stall]...`: those sections only (default all).
+    // `qsnap-bench [qmp|qmpcpu|snapshot|backup|codec|rss|scale|disks16|vms8|stall]...`: those sections only (default all).
     let only: Vec<String> = std::env::args().skip(1).collect();
     let run = |s: &str| only.is_empty() || only.iter().any(|o| o == s);
     println!("qsnap benchmarks (baselines interleaved with qsnap in the same run)\n");
+    // `qmpcpu`: only the client's CPU per call (no guest needed); `qmp` includes it.
+    if !run("qmp") && only.iter().any(|o| o == "qmpcpu") {
+        qmp_rtt::client_cpu().await?;
+        println!();
+    }
     if run("qmp") {
         let vm = QemuVm::start().await?;
         qmp_rtt::round_trip(&vm).await?;
+        qmp_rtt::client_cpu().await?;
         println!();
     }
     if run("snapshot") {
