@@ -20,6 +20,8 @@ pub struct Client {
     tx: mpsc::Sender<Request>,
     urgent: mpsc::UnboundedSender<Bytes>,
     config: Config,
+    /// See [`Client::peer_pid`].
+    peer_pid: Option<u32>,
 }
 
 impl Client {
@@ -33,8 +35,11 @@ impl Client {
     /// the agent does not answer (not running, VM paused, socket held by another
     /// client); [`Error::Disconnected`].
     pub async fn connect(path: impl AsRef<Path>, config: Config) -> Result<Self> {
-        let (read, write) = open(path.as_ref(), &config).await?;
-        Self::start(read, write, config).await
+        let (read, write, pid) = open(path.as_ref(), &config).await?;
+        let mut client = Self::spawn(read, write, config);
+        client.peer_pid = pid;
+        client.sync().await?;
+        Ok(client)
     }
 
     /// Connects without the opening sync: the first command resyncs instead.
@@ -46,8 +51,17 @@ impl Client {
     /// # Errors
     /// [`Error::Connect`] when the socket cannot be opened.
     pub async fn connect_unsynced(path: impl AsRef<Path>, config: Config) -> Result<Self> {
-        let (read, write) = open(path.as_ref(), &config).await?;
-        Ok(Self::spawn(read, write, config))
+        let (read, write, pid) = open(path.as_ref(), &config).await?;
+        let mut client = Self::spawn(read, write, config);
+        client.peer_pid = pid;
+        Ok(client)
+    }
+
+    /// The process serving the agent socket (QEMU, or whatever listens on the path),
+    /// from `SO_PEERCRED` when connecting; `None` over [`Client::handshake`] or when
+    /// the kernel gave none.
+    pub fn peer_pid(&self) -> Option<u32> {
+        self.peer_pid
     }
 
     /// Runs the opening sync over any byte stream (what tests and fake agents use).
@@ -80,7 +94,12 @@ impl Client {
         let (tx, rx) = mpsc::channel(16);
         let (urgent, urgent_rx) = mpsc::unbounded_channel();
         tokio::spawn(Connection::new(read, write, config.clone(), urgent_rx).run(rx));
-        Self { tx, urgent, config }
+        Self {
+            tx,
+            urgent,
+            config,
+            peer_pid: None,
+        }
     }
 
     /// Resynchronizes now (0xFF + `guest-sync-delimited`), under [`Config::sync_timeout`].
@@ -229,7 +248,7 @@ impl Client {
 async fn open(
     path: &Path,
     config: &Config,
-) -> Result<(qmp::socket::ReadHalf, qmp::socket::WriteHalf)> {
+) -> Result<(qmp::socket::ReadHalf, qmp::socket::WriteHalf, Option<u32>)> {
     let connect_error = |source| Error::Connect {
         path: path.to_owned(),
         source,
@@ -237,7 +256,9 @@ async fn open(
     let stream = qmp::socket::connect_unix(path, config.connect_timeout)
         .await
         .map_err(connect_error)?;
-    qmp::socket::split(stream).map_err(connect_error)
+    let pid = qmp::socket::peer_pid(&stream);
+    let (read, write) = qmp::socket::split(stream).map_err(connect_error)?;
+    Ok((read, write, pid))
 }
 
 fn execute_op(name: &str, args: &impl Serialize) -> Result<Op> {

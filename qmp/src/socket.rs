@@ -33,6 +33,14 @@ pub async fn connect_unix(path: &Path, within: Duration) -> io::Result<UnixStrea
         .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))
 }
 
+/// The process that serves the other end (whoever listens on the path: QEMU, or a
+/// proxy), read with `SO_PEERCRED` — it is recorded when the listener called
+/// `listen`, so it is known even before the peer accepts.
+pub fn peer_pid(stream: &UnixStream) -> Option<u32> {
+    let pid = stream.peer_cred().ok()?.pid()?;
+    u32::try_from(pid).ok().filter(|&p| p > 0)
+}
+
 /// Splits a connected socket into a read half and a write half, each its own
 /// descriptor, so that each connection task owns one. Must be called inside a Tokio
 /// runtime.

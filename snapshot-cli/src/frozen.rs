@@ -66,7 +66,9 @@ impl<'a> Frozen<'a> {
     ) -> Result<(Self, Result<u64, Error>), Error> {
         let budget = agent.budget(req.freeze_timeout);
         let mut guardian = match &req.guardian {
-            Some(exe) => Some(Guardian::arm(exe, &agent.path, budget, lock).await?),
+            Some(exe) => {
+                Some(Guardian::arm(exe, &agent.path, agent.client.peer_pid(), budget, lock).await?)
+            }
             None => None,
         };
         if let Some(g) = guardian.as_mut() {

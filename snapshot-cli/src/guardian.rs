@@ -16,10 +16,12 @@
 //! A rescue connects without waiting for a sync, writes `0xFF` + thaw at once (it
 //! queues behind a freeze a slow fsfreeze hook still holds), then resyncs and reads
 //! `guest-fsfreeze-status` until the guest reports `thawed`, for up to [`RESCUE_FOR`] —
-//! unless nothing listens on the agent socket any more for [`GONE_AFTER`] (the socket
-//! file is gone or refuses connections: its QEMU has exited, and a guest without a
-//! running QEMU is not frozen). Then it stops and frees the VM lock at once, so that a
-//! restarted VM can be snapshotted again.
+//! unless the process that served the agent socket when the coordinator connected
+//! (QEMU; its pid from `SO_PEERCRED`, watched through a pidfd opened when armed) has
+//! exited and nothing has answered on the socket path for [`GONE_AFTER`]. Then no
+//! retry can reach that agent any more: the guardian says so (the guest may still be
+//! frozen if the VM went on elsewhere — migrated, restored) and stops with exit 5,
+//! freeing the VM lock for a restarted VM.
 //!
 //! The guardian survives what kills a coordinator: it starts its own session
 //! (`setsid`: no controlling terminal, so a closed SSH session sends it no SIGHUP),
@@ -62,6 +64,7 @@ impl Guardian {
     pub(crate) async fn arm(
         exe: &Path,
         qga: &Path,
+        server_pid: Option<u32>,
         deadline: Duration,
         lock: &VmLock,
     ) -> Result<Self> {
@@ -72,8 +75,12 @@ impl Guardian {
         };
         // The child holds this duplicate (no close-on-exec) for its whole life.
         let inherited = lock.inheritable().map_err(failed)?;
-        let spawned = Command::new(exe)
-            .arg("guardian")
+        let mut command = Command::new(exe);
+        command.arg("guardian");
+        if let Some(pid) = server_pid {
+            command.arg("--server-pid").arg(pid.to_string());
+        }
+        let spawned = command
             .arg("--qga")
             .arg(qga)
             .arg("--coordinator")
@@ -160,6 +167,8 @@ pub struct GuardianArgs {
     pub deadline: Duration,
     /// Where to log (appended); syslog gets the same lines.
     pub log: Option<PathBuf>,
+    /// The process that served the agent socket (QEMU), if known.
+    pub server_pid: Option<u32>,
 }
 
 /// The coordinator's phase, as told over the pipe.
@@ -175,6 +184,9 @@ enum Phase {
 pub async fn run(args: GuardianArgs) -> i32 {
     detach();
     let log = crate::guardian_log::Log::open(args.log.as_deref());
+    // Opened while it surely runs (the coordinator is connected to it), so a later pid
+    // reuse cannot fool the check.
+    let server = args.server_pid.and_then(Server::watch);
     let mut stdout = tokio::io::stdout();
     if stdout.write_all(b"armed\n").await.is_err() || stdout.flush().await.is_err() {
         return 1;
@@ -196,7 +208,7 @@ pub async fn run(args: GuardianArgs) -> i32 {
                     args.coordinator, args.deadline + GRACE
                 ));
                 kill(args.coordinator);
-                return rescue(&args.qga, &log).await;
+                return rescue(&args.qga, server.as_ref(), &log).await;
             }
         };
         phase = match (phase, line.as_deref().map(str::trim)) {
@@ -207,7 +219,7 @@ pub async fn run(args: GuardianArgs) -> i32 {
                     "coordinator {} ended while the guest may be frozen; thawing",
                     args.coordinator
                 ));
-                return rescue(&args.qga, &log).await;
+                return rescue(&args.qga, server.as_ref(), &log).await;
             }
             (_, None | Some("done")) => return 0,
             (p, Some(_)) => p,
@@ -241,13 +253,66 @@ fn kill(pid: u32) {
     }
 }
 
-/// Queues a thaw at once, then keeps confirming until the guest reads thawed, or until
-/// nothing has listened on the agent socket for [`GONE_AFTER`].
-pub(crate) async fn rescue(qga: &Path, log: &crate::guardian_log::Log) -> i32 {
+/// The process that served the agent socket, watched through a pidfd.
+#[derive(Debug)]
+pub(crate) struct Server {
+    pid: u32,
+    fd: std::os::fd::OwnedFd,
+}
+
+impl Server {
+    /// Starts watching `pid`; `None` when it cannot be watched (already gone, or no
+    /// pidfd support): then a rescue never concludes that it exited.
+    pub(crate) fn watch(pid: u32) -> Option<Self> {
+        let raw = rustix::process::Pid::from_raw(i32::try_from(pid).ok()?)?;
+        let fd = rustix::process::pidfd_open(raw, rustix::process::PidfdFlags::empty()).ok()?;
+        Some(Self { pid, fd })
+    }
+
+    /// True once the process has exited (its pidfd reads ready).
+    fn exited(&self) -> bool {
+        let mut fds = [rustix::event::PollFd::new(
+            &self.fd,
+            rustix::event::PollFlags::IN,
+        )];
+        let zero = rustix::event::Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        matches!(rustix::event::poll(&mut fds, Some(&zero)), Ok(n) if n > 0)
+    }
+}
+
+/// Since when every attempt has found nothing listening on the agent socket.
+#[derive(Debug, Default)]
+struct Unheard {
+    since: Option<Instant>,
+}
+
+impl Unheard {
+    /// Records one attempt at `now`; true once nothing has listened for [`GONE_AFTER`].
+    fn note(&mut self, no_listener: bool, now: Instant) -> bool {
+        if !no_listener {
+            self.since = None;
+            return false;
+        }
+        let since = *self.since.get_or_insert(now);
+        now.duration_since(since) >= GONE_AFTER
+    }
+}
+
+/// Queues a thaw at once, then keeps confirming until the guest reads thawed — or until
+/// `server` (the process that served the agent socket) has exited and nothing has
+/// listened on the socket for [`GONE_AFTER`]: then no retry can reach that agent, and
+/// the VM lock is freed (exit 5, the thaw unconfirmed).
+pub(crate) async fn rescue(
+    qga: &Path,
+    server: Option<&Server>,
+    log: &crate::guardian_log::Log,
+) -> i32 {
     let give_up = Instant::now() + RESCUE_FOR;
     let mut last_error = String::new();
-    // Since when every attempt found no listener (reset by any other outcome).
-    let mut unheard_since: Option<Instant> = None;
+    let mut unheard = Unheard::default();
     while Instant::now() < give_up {
         match crate::freeze::thaw_guest(qga, give_up - Instant::now()).await {
             Ok(_) => {
@@ -255,17 +320,14 @@ pub(crate) async fn rescue(qga: &Path, log: &crate::guardian_log::Log) -> i32 {
                 return 0;
             }
             Err(e) => {
-                if no_listener(&e) {
-                    let since = *unheard_since.get_or_insert_with(Instant::now);
-                    if since.elapsed() >= GONE_AFTER {
-                        log.line(&format!(
-                            "nothing has listened on {} for {GONE_AFTER:?} ({e:#}): its QEMU has exited, so no guest is left frozen behind it; stopping",
-                            qga.display()
-                        ));
-                        return 0;
-                    }
-                } else {
-                    unheard_since = None;
+                let long_unheard = unheard.note(no_listener(&e), Instant::now());
+                if let Some(server) = server.filter(|s| long_unheard && s.exited()) {
+                    log.line(&format!(
+                        "the process that served {} (pid {}) has exited and every attempt for {GONE_AFTER:?} found nothing listening there ({e:#}): no retry can reach that agent; stopping. If the VM runs on elsewhere (migrated, restored), it may still be frozen: run `qsnap thaw --qga <its agent socket>` there",
+                        qga.display(),
+                        server.pid
+                    ));
+                    return 5;
                 }
                 let text = format!("{e:#}");
                 if text != last_error {
@@ -310,50 +372,128 @@ mod tests {
         std::fs::read_to_string(path).unwrap_or_default()
     }
 
+    /// A process that has exited (watched while it ran) and one that still runs.
+    fn exited_server() -> Server {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let server = Server::watch(child.id()).expect("pidfd");
+        child.kill().unwrap();
+        child.wait().unwrap();
+        server
+    }
+
     #[tokio::test(start_paused = true)]
-    async fn a_rescue_stops_when_the_agent_socket_is_gone() {
+    async fn a_rescue_stops_when_the_server_exited_and_its_socket_is_gone() {
         let dir = tempfile::tempdir().unwrap();
         let log_path = dir.path().join("g.log");
-        let log = Log::open(Some(&log_path));
+        let server = exited_server();
+        assert!(server.exited());
         let start = Instant::now();
-        let code = rescue(&dir.path().join("no-such.sock"), &log).await;
-        assert_eq!(code, 0);
+        let code = rescue(
+            &dir.path().join("no-such.sock"),
+            Some(&server),
+            &Log::file_only(&log_path),
+        )
+        .await;
+        assert_eq!(code, 5, "the thaw was not confirmed");
         let took = start.elapsed();
         assert!(took >= GONE_AFTER && took < GONE_AFTER * 2, "{took:?}");
         assert!(
-            logged(&log_path).contains("its QEMU has exited"),
+            logged(&log_path).contains("has exited"),
             "{}",
             logged(&log_path)
         );
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_rescue_stops_when_the_agent_socket_refuses_connections() {
+    async fn a_rescue_stops_when_the_server_exited_and_its_socket_refuses() {
         let dir = tempfile::tempdir().unwrap();
         let sock = dir.path().join("qga.sock");
         // Bound, then closed: the file stays, nobody listens (a QEMU that was killed).
         drop(std::os::unix::net::UnixListener::bind(&sock).unwrap());
         let log_path = dir.path().join("g.log");
-        let code = rescue(&sock, &Log::open(Some(&log_path))).await;
-        assert_eq!(code, 0);
+        let code = rescue(&sock, Some(&exited_server()), &Log::file_only(&log_path)).await;
+        assert_eq!(code, 5);
         assert!(
-            logged(&log_path).contains("its QEMU has exited"),
+            logged(&log_path).contains("has exited"),
             "{}",
             logged(&log_path)
         );
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_rescue_keeps_trying_while_something_still_listens() {
+    async fn a_rescue_goes_on_while_the_server_runs_even_if_its_socket_is_gone() {
+        // The socket path removed under a QEMU that still runs: no proof the guest is
+        // unreachable for good, so the rescue keeps its whole time.
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let running = Server::watch(child.id()).expect("pidfd");
+        let log_path = dir.path().join("g.log");
+        let log = Log::file_only(&log_path);
+        let still = tokio::time::timeout(
+            GONE_AFTER * 6,
+            rescue(&dir.path().join("no-such.sock"), Some(&running), &log),
+        )
+        .await;
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(still.is_err(), "gave up while the server still ran");
+        assert!(!logged(&log_path).contains("has exited"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_rescue_without_a_known_server_never_stops_early() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::file_only(&dir.path().join("g.log"));
+        let still = tokio::time::timeout(
+            GONE_AFTER * 6,
+            rescue(&dir.path().join("gone.sock"), None, &log),
+        )
+        .await;
+        assert!(still.is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_socket_that_still_accepts_keeps_the_rescue_going() {
+        // Each attempt connects, then finds the peer gone at once (not "nobody
+        // listens"): even with the server's process gone, the rescue goes on.
         let dir = tempfile::tempdir().unwrap();
         let sock = dir.path().join("qga.sock");
-        // A QEMU whose agent never answers (a hook holding it): connections queue.
-        let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        let listener = tokio::net::UnixListener::bind(&sock).unwrap();
+        let acceptor = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                drop(stream);
+            }
+        });
         let log_path = dir.path().join("g.log");
-        let log = Log::open(Some(&log_path));
-        let still = tokio::time::timeout(GONE_AFTER * 6, rescue(&sock, &log)).await;
-        assert!(still.is_err(), "gave up on a socket that still listens");
-        assert!(!logged(&log_path).contains("its QEMU has exited"));
+        let log = Log::file_only(&log_path);
+        let still =
+            tokio::time::timeout(GONE_AFTER * 6, rescue(&sock, Some(&exited_server()), &log)).await;
+        acceptor.abort();
+        assert!(still.is_err(), "gave up on a socket that still accepts");
+        assert!(
+            !logged(&log_path).contains("has exited"),
+            "{}",
+            logged(&log_path)
+        );
+    }
+
+    #[test]
+    fn one_answer_restarts_the_unheard_time() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let mut u = Unheard::default();
+        assert!(!u.note(true, t0));
+        assert!(!u.note(true, t0 + s(8)));
+        assert!(!u.note(false, t0 + s(9)), "something answered");
+        assert!(!u.note(true, t0 + s(10)));
+        assert!(!u.note(true, t0 + s(18)), "only 8 s since the last answer");
+        assert!(u.note(true, t0 + s(20)));
     }
 
     #[test]
@@ -373,6 +513,7 @@ mod tests {
         assert!(!no_listener(&unconfirmed(
             std::io::ErrorKind::PermissionDenied
         )));
+        assert!(!no_listener(&unconfirmed(std::io::ErrorKind::WouldBlock)));
         assert!(!no_listener(&unconfirmed(std::io::ErrorKind::TimedOut)));
         assert!(!no_listener(&Error::ThawUnconfirmed {
             qga: "q".into(),

@@ -34,6 +34,16 @@ impl Log {
         }
     }
 
+    /// A log appending to `file` only (tests: nothing reaches the host's syslog).
+    #[cfg(test)]
+    pub(crate) fn file_only(file: &Path) -> Self {
+        Self {
+            file: Some(file.to_owned()),
+            syslog: None,
+            tag: format!("qsnap-guardian[{}]", std::process::id()),
+        }
+    }
+
     /// Writes one line; errors are ignored (there is nobody to tell).
     pub(crate) fn line(&self, text: &str) {
         let text = qmp::wire::escape(text);

@@ -252,6 +252,10 @@ pub(crate) struct GuardianArgs {
     /// Where to log.
     #[arg(long)]
     pub(crate) log: Option<PathBuf>,
+    /// The process serving the agent socket (QEMU), watched so that a rescue stops
+    /// once it has exited.
+    #[arg(long)]
+    pub(crate) server_pid: Option<u32>,
 }
 
 /// Parses `1048576`, `512K`, `50M`, `1G` (powers of 1024).

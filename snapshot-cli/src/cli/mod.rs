@@ -53,10 +53,12 @@ pub(crate) fn main() -> ExitCode {
         }
         Err(e) => {
             runtime.block_on(tokio::time::sleep(PANIC_DRAIN));
+            // The queued log lines first, then the last word.
+            drop(log_guard);
             output::stderr(&format!(
                 "qsnap: internal error ({e}); a thaw and a rollback were queued before exiting: check `qsnap fsstatus` and `qsnap info`"
             ));
-            101
+            return ExitCode::from(101);
         }
     };
     drop(log_guard);
@@ -156,6 +158,7 @@ async fn run(cli: Cli) -> Result<()> {
                 coordinator: args.coordinator,
                 deadline: std::time::Duration::from_millis(args.deadline_ms),
                 log: args.log,
+                server_pid: args.server_pid,
             })
             .await;
             if code == 0 {

@@ -41,10 +41,10 @@ pub(crate) fn emit<T: Serialize>(json: bool, value: &T, human: impl FnOnce(&T) -
     }
 }
 
-/// Reports an error: the whole cause chain on stderr; with `--json` also an object on
-/// stdout so scripts always get one.
+/// Reports an error: with `--json` an object on stdout so scripts always get one, then
+/// the whole cause chain on stderr (in that order: a stalled stderr must not keep the
+/// object from a script).
 pub(crate) fn error(json: bool, e: &anyhow::Error, code: u8) {
-    stderr(&format!("qsnap: error: {e:#}"));
     if json {
         let chain: Vec<String> = e.chain().map(ToString::to_string).collect();
         // Exit 6 kept a snapshot: its report goes along, so scripts find the overlays.
@@ -58,4 +58,5 @@ pub(crate) fn error(json: bool, e: &anyhow::Error, code: u8) {
                 .to_string(),
         );
     }
+    stderr(&format!("qsnap: error: {e:#}"));
 }

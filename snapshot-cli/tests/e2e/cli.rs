@@ -113,22 +113,24 @@ pub(crate) async fn sigkill_while_frozen_the_guardian_thaws_within_5s_on(base: V
     .await;
 }
 
-/// QEMU dies while the guest is frozen, then the coordinator: nothing is left to thaw,
-/// and the guardian must not hold the VM lock for its whole rescue time (15 min) — it
-/// stops once nothing has listened on the agent socket for `GONE_AFTER`, so the
+/// QEMU dies while the guest is frozen, then the coordinator: no retry can reach that
+/// agent, and the guardian must not hold the VM lock for its whole rescue time
+/// (15 min) — it stops once QEMU's process (pid from the agent socket, watched through
+/// a pidfd) has exited and nothing has listened on the socket for `GONE_AFTER`, so the
 /// restarted VM can be snapshotted again.
 #[tokio::test]
 async fn a_guardian_whose_vm_is_gone_stops_and_frees_the_vm_lock() {
     within(180, async {
         let mut vm = booted(QemuVm::builder().disks(1)).await;
         let (mut child, _stderr) = frozen_coordinator(&vm, "gone").await;
+        let qemu_pid = vm.pid().unwrap();
         vm.kill();
         let pid = rustix::process::Pid::from_raw(child.id().unwrap() as i32).unwrap();
         // It may already have exited on the lost connections.
         let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
         child.wait().await.unwrap();
         let gone = Instant::now();
-        let log = wait_for_guardian(&vm, "its QEMU has exited").await;
+        let log = wait_for_guardian(&vm, "has exited and every attempt").await;
         let sockets = [vm.qmp_path(), vm.qga_path()];
         let sockets: Vec<&std::path::Path> = sockets.iter().map(|p| p.as_path()).collect();
         while qsnap::VmLock::acquire_all(&sockets).is_err() {
@@ -142,6 +144,10 @@ async fn a_guardian_whose_vm_is_gone_stops_and_frees_the_vm_lock() {
         assert!(
             log.contains("coordinator"),
             "the guardian never started its rescue:\n{log}"
+        );
+        assert!(
+            log.contains(&format!("(pid {qemu_pid})")),
+            "the guardian watched another process than QEMU ({qemu_pid}):\n{log}"
         );
     })
     .await;
