@@ -67,8 +67,9 @@ pub struct Report {
     pub qemu_version: String,
     /// qemu-ga's version, when the agent answered.
     pub agent_version: Option<String>,
-    /// Which filesystems were to be frozen, when `--disk` chose some of the disks
-    /// (`None`: every filesystem, or `--mountpoint`'s).
+    /// Which filesystems the freeze was planned to cover, when `--disk` chose some of
+    /// the disks (`None`: every filesystem, or `--mountpoint`'s). Kept when the run
+    /// fell back to crash-consistent: then nothing was frozen when the disks switched.
     pub freeze_scope: Option<crate::scope::FreezeScope>,
     /// Whether an out-of-process guardian was armed while frozen.
     pub guardian: bool,

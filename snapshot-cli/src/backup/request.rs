@@ -62,8 +62,9 @@ pub struct BackupReport {
     pub manifest: Manifest,
     /// Bitmaps removed because this backup superseded them.
     pub retired_bitmaps: Vec<String>,
-    /// Which filesystems were to be frozen, when `--disk` chose some of the disks
-    /// (`None`: every filesystem, or `--mountpoint`'s).
+    /// Which filesystems the freeze was planned to cover, when `--disk` chose some of
+    /// the disks (`None`: every filesystem, or `--mountpoint`'s). Kept when the run
+    /// fell back to crash-consistent: then nothing was frozen when the disks switched.
     pub freeze_scope: Option<crate::scope::FreezeScope>,
     /// Whether a guardian covered the freeze.
     pub guardian: bool,

@@ -106,7 +106,8 @@ fn human(r: &BackupReport) -> String {
         );
     }
     if let Some(scope) = &r.freeze_scope {
-        let _ = writeln!(s, "  {}", snapshot::scope_line(scope));
+        let quiesced = m.consistency == Consistency::Quiesced;
+        let _ = writeln!(s, "  {}", snapshot::scope_line(scope, quiesced));
     }
     for w in &m.warnings {
         let _ = writeln!(s, "  warning: {w}");

@@ -76,7 +76,8 @@ fn human(r: &Report) -> String {
         );
     }
     if let Some(scope) = &r.freeze_scope {
-        let _ = writeln!(s, "  {}", scope_line(scope));
+        let quiesced = r.consistency == Consistency::Quiesced;
+        let _ = writeln!(s, "  {}", scope_line(scope, quiesced));
     }
     for w in &r.warnings {
         let _ = writeln!(s, "  warning: {w}");
@@ -85,8 +86,9 @@ fn human(r: &Report) -> String {
     s
 }
 
-/// One line on what `--disk` left thawed, and why anything more was frozen.
-pub(crate) fn scope_line(scope: &qsnap::scope::FreezeScope) -> String {
+/// One line on what `--disk` left thawed, and why anything more was frozen; for a run
+/// that was not quiesced, what had been planned (nothing was frozen at the switch).
+pub(crate) fn scope_line(scope: &qsnap::scope::FreezeScope, quiesced: bool) -> String {
     // Mountpoints and notes carry guest text: escaped for the terminal.
     let list = |v: &[String]| {
         v.iter()
@@ -94,7 +96,12 @@ pub(crate) fn scope_line(scope: &qsnap::scope::FreezeScope) -> String {
             .collect::<Vec<_>>()
             .join(" ")
     };
-    let mut line = if scope.frozen.is_empty() {
+    let mut line = if quiesced {
+        String::new()
+    } else {
+        "not quiesced; the planned ".to_owned()
+    };
+    line += &if scope.frozen.is_empty() {
         "freeze of every filesystem".to_owned()
     } else {
         format!(
@@ -108,4 +115,27 @@ pub(crate) fn scope_line(scope: &qsnap::scope::FreezeScope) -> String {
         line.push_str(&qmp::wire::escape(n));
     }
     line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_scope_line_claims_a_freeze_only_for_a_quiesced_run() {
+        let scope = qsnap::scope::FreezeScope {
+            frozen: vec!["/data2".into()],
+            not_frozen: vec!["/data".into()],
+            notes: Vec::new(),
+        };
+        assert_eq!(
+            scope_line(&scope, true),
+            "freeze of /data2; left thawed (only on disks not in this run): /data"
+        );
+        assert!(
+            scope_line(&scope, false).starts_with("not quiesced; the planned freeze of /data2"),
+            "{}",
+            scope_line(&scope, false)
+        );
+    }
 }
