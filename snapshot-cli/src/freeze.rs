@@ -160,17 +160,17 @@ impl Agent {
                 "the guest agent has no guest-get-fsinfo or guest-fsfreeze-freeze-list: every filesystem is frozen",
             )
         } else {
-            match (
-                qmp.execute(&qmp::commands::QueryPci).await,
-                self.client.execute(&qga::commands::GuestGetFsinfo).await,
-            ) {
-                (Ok(pci), Ok(fs)) => crate::scope::scope(&chosen_ids, &all, &pci, &fs),
-                (Err(e), _) => crate::scope::FreezeScope::all(format!(
+            // The guest is asked only once QEMU has answered.
+            match qmp.execute(&qmp::commands::QueryPci).await {
+                Err(e) => crate::scope::FreezeScope::all(format!(
                     "query-pci failed ({e}): every filesystem is frozen"
                 )),
-                (_, Err(e)) => crate::scope::FreezeScope::all(format!(
-                    "guest-get-fsinfo failed ({e}): every filesystem is frozen"
-                )),
+                Ok(pci) => match self.client.execute(&qga::commands::GuestGetFsinfo).await {
+                    Ok(fs) => crate::scope::scope(&chosen_ids, &all, &pci, &fs),
+                    Err(e) => crate::scope::FreezeScope::all(format!(
+                        "guest-get-fsinfo failed ({e}): every filesystem is frozen"
+                    )),
+                },
             }
         };
         tracing::info!(frozen = ?scope.frozen, not_frozen = ?scope.not_frozen, "freeze scope");

@@ -45,8 +45,8 @@ pub const GRACE: Duration = Duration::from_secs(5);
 /// How long a rescue keeps trying to see the guest thawed (a slow fsfreeze hook can
 /// hold the agent for minutes).
 pub const RESCUE_FOR: Duration = Duration::from_secs(15 * 60);
-/// How long nothing must listen on the agent socket before a rescue concludes its
-/// QEMU has exited.
+/// How long every attempt must find nothing listening on the agent socket — with the
+/// process that served it exited — before a rescue stops.
 pub const GONE_AFTER: Duration = Duration::from_secs(10);
 /// The guardian's process name (`comm`), chosen so `pkill qsnap` does not match it.
 pub const PROCESS_NAME: &std::ffi::CStr = c"fsthaw-guard";

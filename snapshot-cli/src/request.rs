@@ -57,7 +57,8 @@ pub struct SnapshotRequest {
     /// How long planning waits for the agent to answer a sync.
     pub agent_timeout: Duration,
     /// Run `sync` in the guest (`guest-exec`) just before the freeze, so the freeze
-    /// itself has little left to write (best effort; see `qsnap::flush`).
+    /// itself has little left to write (best effort: an agent without `guest-exec`, a
+    /// failing or slow `sync` only add a warning).
     pub pre_flush: bool,
     /// The longest the pre-flush may take; the freeze then goes ahead anyway.
     pub pre_flush_timeout: Duration,
