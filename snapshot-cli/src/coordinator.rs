@@ -85,7 +85,7 @@ pub async fn snapshot(req: &SnapshotRequest, cancel: &CancellationToken) -> Resu
         &plan.qmp,
         agent,
         &tx,
-        &mut plan.warnings,
+        (&mut plan.warnings, &mut plan.times),
         &lock,
         cancel,
     )
@@ -181,12 +181,14 @@ impl Plan {
 
 /// The switch: frozen when an agent can freeze, crash-consistent otherwise; under
 /// `preferred` a freeze that failed before anything switched falls back to a plain one.
+/// The pre-flush before the freeze adds its duration to `times` and any warning to
+/// `warnings`.
 pub(crate) async fn switch(
     req: &SnapshotRequest,
     qmp: &qmp::Client,
     agent: Option<&freeze::Agent>,
     tx: &qmp::commands::Transaction,
-    warnings: &mut Vec<String>,
+    (warnings, times): (&mut Vec<String>, &mut Timings),
     lock: &VmLock,
     cancel: &CancellationToken,
 ) -> Result<window::Switch> {
@@ -197,8 +199,8 @@ pub(crate) async fn switch(
     // data out while it still runs.
     let flushed = interruptible(cancel, crate::flush::pre_flush(req, agent)).await?;
     warnings.extend(flushed.warning);
-    let mut switch = window::frozen_switch(req, agent, qmp, tx, lock, cancel).await?;
-    switch.timings.pre_flush = flushed.ms;
+    times.pre_flush = flushed.ms;
+    let switch = window::frozen_switch(req, agent, qmp, tx, lock, cancel).await?;
     let Some(reason) = fallback_reason(req, &switch) else {
         return Ok(switch);
     };
@@ -206,7 +208,6 @@ pub(crate) async fn switch(
     warnings.push(format!("not quiesced: {reason}"));
     let mut plain = window::plain_switch(qmp, tx, cancel).await;
     plain.guardian = switch.guardian;
-    plain.timings.pre_flush = flushed.ms;
     Ok(plain)
 }
 

@@ -63,7 +63,6 @@ pub(crate) struct Switch {
 /// Durations inside the window, in milliseconds.
 #[derive(Debug, Default, Clone, Copy)]
 pub(crate) struct WindowTimings {
-    pub(crate) pre_flush: f64,
     pub(crate) freeze_call: f64,
     pub(crate) thaw_call: f64,
     pub(crate) frozen_window: f64,
@@ -73,7 +72,6 @@ pub(crate) struct WindowTimings {
 impl Switch {
     /// Copies the window's durations into a report's timings.
     pub(crate) fn fill(&self, t: &mut crate::report::Timings) {
-        t.pre_flush = self.timings.pre_flush;
         t.freeze_call = self.timings.freeze_call;
         t.thaw_call = self.timings.thaw_call;
         t.frozen_window = self.timings.frozen_window;
@@ -193,7 +191,6 @@ pub(crate) async fn frozen_switch(
     let (freeze_sent, freeze_reply) = (frozen.sent(), frozen.replied);
     let thawed = frozen.thaw().await;
     let timings = WindowTimings {
-        pre_flush: 0.0, // the coordinator's, before the window
         freeze_call: ms(freeze_reply - freeze_sent),
         thaw_call: ms(thawed.thaw_reply - thawed.thaw_sent),
         frozen_window: ms(thawed.thaw_reply - freeze_sent),

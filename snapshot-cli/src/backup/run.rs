@@ -85,7 +85,7 @@ pub async fn backup(
         &run.qmp,
         agent,
         &tx,
-        &mut run.warnings,
+        (&mut run.warnings, &mut times.common),
         &lock,
         cancel,
     )
