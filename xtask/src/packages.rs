@@ -44,6 +44,9 @@ pub(crate) struct Apt {
     backports: Option<String>,
     /// The private sources as one text; the lists are refreshed when it changes.
     fingerprint: String,
+    /// Set once [`Apt::update_once`] has looked (the lists stay as they are for the
+    /// rest of this xtask run).
+    checked: std::cell::Cell<bool>,
 }
 
 impl Apt {
@@ -62,6 +65,7 @@ impl Apt {
             dir,
             backports: private.backports.clone(),
             fingerprint: private.fingerprint(),
+            checked: std::cell::Cell::new(false),
         })
     }
 
@@ -96,6 +100,9 @@ impl Apt {
     /// `apt-get update` on the private lists, when they are empty or were fetched for
     /// other sources (the host's changed, or an older xtask wrote different ones).
     pub(crate) fn update_once(&self) -> Result<()> {
+        if self.checked.replace(true) {
+            return Ok(());
+        }
         let lists = self.dir.join("lists");
         // `lock` and `partial/` are there even before the first update.
         let populated = fs::read_dir(&lists)

@@ -11,8 +11,8 @@
 //! fsfreeze hook dispatcher.
 
 use crate::packages::Apt;
-use crate::run::status;
-use anyhow::{Context, Result, bail};
+use crate::run::{output, status};
+use anyhow::{Result, bail};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -80,15 +80,10 @@ pub(crate) fn unpack(apt: &Apt, dir: &Path) -> Result<Qemu72> {
                 .arg(&root),
         )?;
     }
-    let version = Command::new(&emulator)
-        .arg("--version")
-        .env(
-            "QEMU_MODULE_DIR",
-            root.join("usr/lib/x86_64-linux-gnu/qemu"),
-        )
-        .output()
-        .with_context(|| format!("cannot run {}", emulator.display()))?;
-    let version = String::from_utf8_lossy(&version.stdout);
+    let version = output(Command::new(&emulator).arg("--version").env(
+        "QEMU_MODULE_DIR",
+        root.join("usr/lib/x86_64-linux-gnu/qemu"),
+    ))?;
     if !version.contains("version 7.2") {
         bail!("{} says {version:?}, not 7.2", emulator.display());
     }
