@@ -104,9 +104,9 @@ impl VmBuilder {
     }
 
     /// Runs the write-stall probe on every data disk (every 1 ms a buffered 4 KiB
-    /// rewrite; each write blocked > 5 ms is logged on the console as
-    /// `qsnap-stall: DIR MS`) and, with `heavy_mbps > 0`, that many MB/s of buffered
-    /// writes on `/data`.
+    /// rewrite; each write taking > 5 ms is logged on the console as
+    /// `qsnap-stall: DIR MS RUNQ_MS CPU_MS`) and, with `heavy_mbps > 0`, that many
+    /// MB/s of buffered writes on `/data`.
     pub fn stall_probe(mut self, heavy_mbps: u32) -> Self {
         self.stall_probe = Some(heavy_mbps);
         self

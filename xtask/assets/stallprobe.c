@@ -31,15 +31,17 @@ static double now_ms(void) {
 }
 
 static FILE *console;
-/* This thread's CPU time and run-queue wait so far, in ms; -1 without schedstat. */
+/* This thread's CPU time (exact, from the clock: schedstat's own first field lags
+ * while the thread runs) and run-queue wait (schedstat's second field) so far, in ms;
+ * -1 without schedstat. */
 static int sched_ms(int fd, double *cpu, double *runq) {
     char buf[128];
     if (fd < 0) return -1;
     ssize_t n = pread(fd, buf, sizeof buf - 1, 0);
     if (n <= 0) return -1;
     buf[n] = 0;
-    unsigned long long c, r;
-    if (sscanf(buf, "%llu %llu", &c, &r) != 2) return -1;
+    unsigned long long r;
+    if (sscanf(buf, "%*s %llu", &r) != 1) return -1;
     struct timespec t;
     if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t) != 0) return -1;
     *cpu = t.tv_sec * 1e3 + t.tv_nsec / 1e6;
