@@ -76,33 +76,27 @@ fn the_services_spare_the_guardian_read_their_environment_file_and_print_json() 
         let unit = format!("qsnap-{kind}@.service");
         let text = template(kind, "service");
         let lines = settings(&text);
-        for wanted in [
-            "Type=oneshot",
-            "KillMode=process",
-            "EnvironmentFile=/etc/qsnap/%i.env",
-        ] {
-            assert!(lines.contains(&wanted), "{unit} lacks `{wanted}`");
-        }
+        assert!(
+            lines.contains(&"Type=oneshot"),
+            "{unit} lacks `Type=oneshot`"
+        );
+        let starting = |prefix: &str| -> Vec<&str> {
+            lines
+                .iter()
+                .copied()
+                .filter(|l| l.starts_with(prefix))
+                .collect()
+        };
         // The last assignment wins: no second KillMode= may undo the first, and the
         // environment file stays required (a `-` prefix would make it optional).
-        let kill_modes: Vec<&str> = lines
-            .iter()
-            .copied()
-            .filter(|l| l.starts_with("KillMode="))
-            .collect();
-        assert_eq!(kill_modes, ["KillMode=process"], "{unit}");
-        let env_files: Vec<&str> = lines
-            .iter()
-            .copied()
-            .filter(|l| l.starts_with("EnvironmentFile="))
-            .collect();
-        assert_eq!(env_files, ["EnvironmentFile=/etc/qsnap/%i.env"], "{unit}");
+        assert_eq!(starting("KillMode="), ["KillMode=process"], "{unit}");
+        assert_eq!(
+            starting("EnvironmentFile="),
+            ["EnvironmentFile=/etc/qsnap/%i.env"],
+            "{unit}"
+        );
 
-        let exec: Vec<&str> = lines
-            .iter()
-            .copied()
-            .filter(|l| l.starts_with("ExecStart="))
-            .collect();
+        let exec = starting("ExecStart=");
         assert_eq!(exec.len(), 1, "{unit}: one ExecStart=, got {exec:?}");
         let words: Vec<&str> = exec[0]["ExecStart=".len()..].split_whitespace().collect();
         assert_eq!(words.first(), Some(&INSTALLED), "{unit}: {}", exec[0]);

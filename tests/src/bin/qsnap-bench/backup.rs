@@ -10,7 +10,7 @@ use std::time::Duration;
 
 pub(crate) async fn in_freeze_overhead(runs: usize) -> Result<()> {
     let vm = QemuVm::builder().disks(2).start().await?;
-    vm.wait_for_agent(Duration::from_secs(60)).await?;
+    vm.wait_for_agent(qsnap_tests::AGENT_BOOT).await?;
     let dir = tempfile::tempdir()?;
     let (mut snap, mut back, mut snap_win, mut back_win) = (vec![], vec![], vec![], vec![]);
     for run in 0..=runs {

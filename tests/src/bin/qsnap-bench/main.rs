@@ -17,10 +17,19 @@ const STALL_RUNS: usize = 8;
 /// The heavy writer's rate (the issue asks for >= 20 MB/s buffered).
 const HEAVY_MBPS: u32 = 30;
 
+/// The sections, as `cargo xtask bench` takes them (`scale` = `disks16` + `vms8`;
+/// `qmp` includes `qmpcpu`).
+const SECTIONS: &[&str] = &[
+    "qmp", "qmpcpu", "snapshot", "backup", "codec", "rss", "scale", "disks16", "vms8", "stall",
+];
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<()> {
-    // `qsnap-bench [qmp|qmpcpu|snapshot|backup|codec|rss|scale|disks16|vms8|stall]...`: those sections only (default all).
+    // `qsnap-bench [SECTION]...`: those sections only (default all).
     let only: Vec<String> = std::env::args().skip(1).collect();
+    if let Some(bad) = only.iter().find(|o| !SECTIONS.contains(&o.as_str())) {
+        anyhow::bail!("no bench section {bad:?}; sections: {}", SECTIONS.join(" "));
+    }
     let run = |s: &str| only.is_empty() || only.iter().any(|o| o == s);
     println!("qsnap benchmarks (baselines interleaved with qsnap in the same run)\n");
     // `qmpcpu`: only the client's CPU per call (no guest needed); `qmp` includes it.
@@ -74,6 +83,19 @@ mod rss;
 mod scale;
 mod snapshot;
 mod stall;
+
+/// Smallest, median and largest of `v`.
+pub(crate) fn spread(mut v: Vec<f64>) -> (f64, f64, f64) {
+    v.sort_by(f64::total_cmp);
+    (v[0], v[v.len() / 2], v[v.len() - 1])
+}
+
+/// The `qsnap` binary `cargo xtask bench` built (`QSNAP_BIN`).
+pub(crate) fn qsnap_bin() -> Result<std::path::PathBuf> {
+    std::env::var_os("QSNAP_BIN")
+        .map(std::path::PathBuf::from)
+        .ok_or_else(|| anyhow::anyhow!("QSNAP_BIN is not set (run through `cargo xtask bench`)"))
+}
 
 pub(crate) fn stats(samples: &mut [Duration]) -> (Duration, Duration) {
     samples.sort_unstable();

@@ -3,24 +3,15 @@
 
 use anyhow::{Context, Result};
 use qsnap_tests::QemuVm;
-use std::path::PathBuf;
 use std::process::Command;
-use std::time::Duration;
 
 const RUNS: usize = 5;
-
-/// The `qsnap` binary `cargo xtask bench` built (`QSNAP_BIN`).
-fn qsnap() -> Result<PathBuf> {
-    std::env::var_os("QSNAP_BIN")
-        .map(PathBuf::from)
-        .context("QSNAP_BIN is not set (run through `cargo xtask bench`)")
-}
 
 /// Peak RSS in KiB of `qsnap ARGS`.
 fn peak_kib(args: &[String]) -> Result<u64> {
     let out = Command::new("/usr/bin/time")
         .args(["-f", "qsnap-rss %M"])
-        .arg(qsnap()?)
+        .arg(crate::qsnap_bin()?)
         .args(args)
         .output()
         .context("/usr/bin/time (Debian package `time`)")?;
@@ -37,7 +28,7 @@ fn peak_kib(args: &[String]) -> Result<u64> {
 
 pub(crate) async fn peak() -> Result<()> {
     let vm = QemuVm::builder().disks(2).writer(true).start().await?;
-    vm.wait_for_agent(Duration::from_secs(60)).await?;
+    vm.wait_for_agent(qsnap_tests::AGENT_BOOT).await?;
     let (mut snap, mut idle) = (Vec::new(), Vec::new());
     for run in 0..RUNS {
         let qmp = vm.qmp_path().display().to_string();

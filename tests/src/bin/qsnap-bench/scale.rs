@@ -10,11 +10,6 @@ use qsnap_tests::QemuVm;
 use std::path::PathBuf;
 use std::time::Duration;
 
-fn median(mut v: Vec<f64>) -> (f64, f64, f64) {
-    v.sort_by(f64::total_cmp);
-    (v[0], v[v.len() / 2], v[v.len() - 1])
-}
-
 /// One side of the 16-disk benchmark: who switched how many disks, and its figures.
 #[derive(Default)]
 struct Side {
@@ -80,29 +75,24 @@ pub(crate) async fn disks16(runs: usize) -> Result<()> {
         "floor, 16 disks",
     ];
     for (k, (name, side)) in names.iter().zip(&sides).enumerate() {
-        let mut over: Vec<f64> = side
-            .samples
-            .iter()
-            .map(|s| s.overhead.as_secs_f64() * 1e3)
-            .collect();
-        let (lo, _, hi) = median(std::mem::take(&mut over));
-        let median_of = |f: fn(&Sample) -> Duration| side.median(f);
+        let over = side.samples.iter().map(|s| s.overhead.as_secs_f64() * 1e3);
+        let (lo, _, hi) = crate::spread(over.collect());
         // Medians do not add up: each part is its own median. The floor does nothing
         // but its transaction, and freezes every filesystem (no freeze scope), so only
         // its overhead is shown.
         let detail = if k < 2 {
             format!(
                 "; its transaction {:.2?}, own work {:.1?}, frozen window {:.1?}",
-                median_of(|s| s.transaction),
-                median_of(|s| s.overhead.saturating_sub(s.transaction)),
-                median_of(|s| s.window),
+                side.median(|s| s.transaction),
+                side.median(|s| s.overhead.saturating_sub(s.transaction)),
+                side.median(|s| s.window),
             )
         } else {
             String::new()
         };
         println!(
             "  {name:<16} in-freeze overhead {:>9.2?} (range {lo:.2}–{hi:.2} ms){detail}",
-            median_of(|s| s.overhead),
+            side.median(|s| s.overhead),
         );
     }
     let ratio = |a: &Side, b: &Side| {
@@ -144,7 +134,7 @@ async fn process_run(qsnap: PathBuf, qmp: PathBuf, qga: PathBuf, name: String) -
 /// 8 VMs, each snapshotted by its own qsnap process, all at once, against one VM
 /// alone (the same VMs, one at a time), interleaved; every guest checked thawed.
 pub(crate) async fn vms8(rounds: usize) -> Result<()> {
-    let qsnap = PathBuf::from(std::env::var_os("QSNAP_BIN").context("QSNAP_BIN")?);
+    let qsnap = crate::qsnap_bin()?;
     let mut vms = Vec::new();
     for _ in 0..8 {
         vms.push(QemuVm::builder().disks(2).writer(true).start().await?);
@@ -204,9 +194,9 @@ pub(crate) async fn vms8(rounds: usize) -> Result<()> {
     println!(
         "8 VMs (2 disks each, a writer running), {rounds} rounds: each alone, then all 8 at once by 8 qsnap processes (all exit 0, quiesced, every guest thawed):"
     );
-    let (lo, a, hi) = median(alone);
+    let (lo, a, hi) = crate::spread(alone);
     println!("  one VM at a time   in-freeze overhead median {a:>6.2} ms (range {lo:.2}–{hi:.2})");
-    let (lo, t, hi) = median(together);
+    let (lo, t, hi) = crate::spread(together);
     println!("  8 VMs at once      in-freeze overhead median {t:>6.2} ms (range {lo:.2}–{hi:.2})");
     println!("  ratio at once / alone: {:.2}x", t / a);
     Ok(())

@@ -25,7 +25,7 @@ pub(crate) struct Sample {
 
 pub(crate) async fn in_freeze_overhead(runs: usize) -> Result<()> {
     let vm = QemuVm::builder().disks(2).start().await?;
-    vm.wait_for_agent(Duration::from_secs(60)).await?;
+    vm.wait_for_agent(qsnap_tests::AGENT_BOOT).await?;
     let (mut ours, mut libvirt, mut proxmox, mut floor) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for run in 0..=runs {

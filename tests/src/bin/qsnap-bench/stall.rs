@@ -82,14 +82,8 @@ async fn felt(vm: &QemuVm, req: &SnapshotRequest) -> Result<Felt> {
     })
 }
 
-fn median(mut v: Vec<f64>) -> (f64, f64, f64) {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    (v[0], v[n / 2], v[n - 1])
-}
-
 fn show(name: &str, v: Vec<f64>) -> f64 {
-    let (lo, med, hi) = median(v);
+    let (lo, med, hi) = crate::spread(v);
     println!("  {name:<52} median {med:>7.1} ms  (range {lo:.1}–{hi:.1})");
     med
 }
@@ -102,7 +96,7 @@ pub(crate) async fn pre_flush(runs: usize, heavy_mbps: u32) -> Result<()> {
         .stall_probe(heavy_mbps)
         .start()
         .await?;
-    vm.wait_for_agent(Duration::from_secs(60)).await?;
+    vm.wait_for_agent(qsnap_tests::AGENT_BOOT).await?;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let (mut with, mut without) = (Vec::new(), Vec::new());
     for run in 0..=runs {
@@ -162,7 +156,7 @@ pub(crate) async fn pre_flush(runs: usize, heavy_mbps: u32) -> Result<()> {
 /// freeze (`--mountpoint` of both, the behaviour before the scope), interleaved.
 pub(crate) async fn scope(runs: usize) -> Result<()> {
     let vm = QemuVm::builder().disks(2).stall_probe(0).start().await?;
-    vm.wait_for_agent(Duration::from_secs(60)).await?;
+    vm.wait_for_agent(qsnap_tests::AGENT_BOOT).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (mut scoped, mut whole) = (Vec::new(), Vec::new());
     for run in 0..=runs {
